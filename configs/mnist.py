@@ -1,0 +1,45 @@
+"""MNIST LeNet-5 (SPEC sections 3-4).
+
+  python train.py --config=configs/mnist.py --workdir=runs/mnist          # paper recipe
+  python train.py --config=configs/mnist.py:cpu --workdir=runs/mnist_cpu  # ~1 h on a 2-core CPU
+  python train.py --config=configs/mnist.py:smoke --workdir=/tmp/smoke    # < 2 min, tiny
+"""
+
+from configs import common
+
+
+def get_config(variant: str = ''):
+  config = common.base_config()
+  config.data.name = 'mnist'
+  config.model = 'lenet5'
+  config.eps = 0.3
+
+  if variant == 'cpu':
+    # About an hour of PGD-10 training on a 2-core CPU (docs/RESULTS.md).
+    config.train.steps = 12_000
+    config.train.batch_size = 100
+    config.train.learning_rate = 0.05
+    config.train.lr_decay_steps = (9_000, 11_000)
+    config.train.clean_warmup_steps = 500
+    config.eval.every_steps = 2000
+    config.eval.num_examples = 1000
+    config.checkpoint.every_steps = 1000
+  elif variant == 'smoke':
+    config.train.steps = 20
+    config.train.batch_size = 32
+    config.train.clean_warmup_steps = 5
+    config.train.lr_decay_steps = (15,)
+    config.attack.pgd_steps = 3
+    config.attack.cw_steps = 3
+    config.eval.every_steps = 10
+    config.eval.num_examples = 64
+    config.eval.batch_size = 64
+    config.eval.pgd_steps = 3
+    config.test.num_examples = 256
+    config.test.pgd_steps = 5
+    config.test.batch_size = 128
+    config.checkpoint.every_steps = 10
+    config.log_every_steps = 5
+  elif variant:
+    raise ValueError(f'configs/mnist.py: unknown variant {variant!r} (use cpu or smoke)')
+  return config

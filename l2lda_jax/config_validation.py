@@ -1,0 +1,67 @@
+"""Checks a training config before any work starts: one clear line per bad field."""
+
+import jax
+
+METHODS = ('plain', 'fgsm', 'pgd', 'cw')
+DATASETS = ('mnist', 'cifar10')
+MODELS = ('lenet5', 'resnet20')
+
+
+class ConfigError(ValueError):
+  """A config field holds an invalid value; the message names the field."""
+
+
+def _require(ok: bool, field: str, value, rule: str):
+  if not ok:
+    raise ConfigError(f'config.{field} {rule}, got {value!r}')
+
+
+def _positive_int(config, field: str):
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  _require(isinstance(value, int) and value >= 1, field, value, 'must be an integer >= 1')
+
+
+def validate_config(config, num_devices: int | None = None) -> None:
+  """Raises ConfigError naming the first invalid field of a training config."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  _require(config.method in METHODS, 'method', config.method, f'must be one of {METHODS}')
+  _require(config.data.name in DATASETS, 'data.name', config.data.name,
+           f'must be one of {DATASETS}')
+  _require(config.model in MODELS, 'model', config.model, f'must be one of {MODELS}')
+  _require(0.0 <= config.eps <= 1.0, 'eps', config.eps, 'must be in [0, 1]')
+  for field in ('train.steps', 'train.batch_size', 'attack.pgd_steps', 'attack.cw_steps',
+                'eval.every_steps', 'eval.batch_size', 'eval.pgd_steps', 'test.pgd_steps',
+                'test.batch_size', 'checkpoint.every_steps', 'checkpoint.keep',
+                'log_every_steps', 'data.validation_size'):
+    _positive_int(config, field)
+  for field in ('train.batch_size', 'eval.batch_size', 'test.batch_size'):
+    section, name = field.split('.')
+    value = config[section][name]
+    _require(value % num_devices == 0, field, value,
+             f'must be divisible by the number of devices ({num_devices})')
+  train = config.train
+  _require(train.learning_rate > 0, 'train.learning_rate', train.learning_rate, 'must be > 0')
+  _require(0 <= train.momentum < 1, 'train.momentum', train.momentum, 'must be in [0, 1)')
+  _require(train.weight_decay >= 0, 'train.weight_decay', train.weight_decay, 'must be >= 0')
+  _require(train.grad_clip_norm > 0, 'train.grad_clip_norm', train.grad_clip_norm,
+           'must be > 0')
+  _require(0 < train.lr_decay_factor <= 1, 'train.lr_decay_factor', train.lr_decay_factor,
+           'must be in (0, 1]')
+  decay = tuple(train.lr_decay_steps)
+  _require(all(isinstance(s, int) and s > 0 for s in decay) and list(decay) == sorted(decay),
+           'train.lr_decay_steps', decay, 'must be increasing positive integers')
+  _require(isinstance(train.clean_warmup_steps, int) and train.clean_warmup_steps >= 0,
+           'train.clean_warmup_steps', train.clean_warmup_steps, 'must be an integer >= 0')
+  for field, value in (('attack.pgd_step_size', config.attack.pgd_step_size),
+                       ('attack.cw_learning_rate', config.attack.cw_learning_rate),
+                       ('eval.pgd_step_size', config.eval.pgd_step_size),
+                       ('test.pgd_step_size', config.test.pgd_step_size)):
+    _require(value > 0, field, value, 'must be > 0')
+  _require(config.data.crop_padding >= 0, 'data.crop_padding', config.data.crop_padding,
+           'must be >= 0')
+  _require(config.eval.num_examples >= 0, 'eval.num_examples', config.eval.num_examples,
+           'must be >= 0 (0: the whole validation split)')
+  _require(config.test.num_examples >= 0, 'test.num_examples', config.test.num_examples,
+           'must be >= 0 (0: the whole test set)')

@@ -1,0 +1,148 @@
+"""Classifiers of SPEC section 3: LeNet-5 (MNIST) and ResNet-20 (CIFAR-10).
+
+Both take NHWC images in [0, 1] and return logits, so every attack works in pixel
+space. Initialisers follow PyTorch's defaults, as the authors' code used them.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# PyTorch's default Conv/Linear init: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
+_torch_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
+
+def _torch_bias_init(fan_in: int):
+  bound = 1.0 / jnp.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound)
+
+
+def _conv(features: int, kernel: int, fan_in: int, padding, name: str):
+  return nn.Conv(features, (kernel, kernel), padding=padding,
+                 kernel_init=_torch_kernel_init,
+                 bias_init=_torch_bias_init(fan_in * kernel * kernel), name=name)
+
+
+class PatchConv(nn.Module):
+  """A VALID/zero-padded stride-1 conv computed as patches @ kernel.
+
+  Same parameters and outputs as nn.Conv. XLA:CPU runs convolutions with few input
+  channels (LeNet's 1-channel first layer) or a kernel as large as its input (LeNet's
+  conv3) several times slower than this matmul form, in both directions of autodiff.
+  """
+  features: int
+  kernel_size: int
+  padding: int = 0
+
+  @nn.compact
+  def __call__(self, x):
+    k, c = self.kernel_size, x.shape[-1]
+    kernel = self.param('kernel', _torch_kernel_init, (k, k, c, self.features))
+    bias = self.param('bias', _torch_bias_init(k * k * c), (self.features,))
+    p = self.padding
+    x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    n, h, w, _ = x.shape
+    out_h, out_w = h - k + 1, w - k + 1
+    patches = jnp.stack([x[:, i:i + out_h, j:j + out_w, :]
+                         for i in range(k) for j in range(k)], axis=3)
+    patches = patches.reshape(n, out_h, out_w, k * k * c)
+    return patches @ kernel.reshape(k * k * c, self.features) + bias
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2/2 max pooling as a reshape + max.
+
+  Same forward values as nn.max_pool; its gradient is elementwise instead of
+  XLA's select-and-scatter, which is far slower on XLA:CPU.
+  """
+  n, h, w, c = x.shape
+  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _dense(features: int, fan_in: int, name: str):
+  return nn.Dense(features, kernel_init=_torch_kernel_init,
+                  bias_init=_torch_bias_init(fan_in), name=name)
+
+
+class LeNet5(nn.Module):
+  """LeNet-5 of the authors' code: 61,706 parameters for 10 classes."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # no batch norm
+    x = nn.relu(PatchConv(6, 5, padding=2, name='conv1')(x))
+    x = max_pool_2x2(x)
+    x = nn.relu(_conv(16, 5, 6, 'VALID', 'conv2')(x))
+    x = max_pool_2x2(x)
+    x = nn.relu(PatchConv(120, 5, name='conv3')(x))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(_dense(84, 120, 'fc1')(x))
+    return _dense(self.num_classes, 84, 'fc2')(x)
+
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+_kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _batch_norm(train: bool, name: str):
+  # PyTorch momentum 0.1 == Flax momentum 0.9.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                      epsilon=1e-5, name=name)
+
+
+class BasicBlock(nn.Module):
+  """He et al. BasicBlock with the option-A (parameter-free) shortcut."""
+  features: int
+  stride: int
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = lambda s, name: nn.Conv(self.features, (3, 3), (s, s), padding=1,
+                                   use_bias=False, kernel_init=_kaiming_normal,
+                                   name=name)
+    y = nn.relu(_batch_norm(train, 'bn1')(conv(self.stride, 'conv1')(x)))
+    y = _batch_norm(train, 'bn2')(conv(1, 'conv2')(y))
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.features:
+      # Option A: subsample spatially, zero-pad the new channels equally on both sides.
+      shortcut = x[:, ::self.stride, ::self.stride, :]
+      extra = self.features - x.shape[-1]
+      shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0),
+                                    (extra // 2, extra - extra // 2)))
+    return nn.relu(y + shortcut)
+
+
+class ResNet20(nn.Module):
+  """CIFAR ResNet-20 (He et al. 2016) with per-channel normalisation inside."""
+  num_classes: int = 10
+  stage_widths: Sequence[int] = (16, 32, 64)
+  blocks_per_stage: int = 3
+  mean: Sequence[float] = CIFAR10_MEAN
+  std: Sequence[float] = CIFAR10_STD
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = (x - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+    x = nn.Conv(self.stage_widths[0], (3, 3), padding=1, use_bias=False,
+                kernel_init=_kaiming_normal, name='stem_conv')(x)
+    x = nn.relu(_batch_norm(train, 'stem_bn')(x))
+    for stage, width in enumerate(self.stage_widths):
+      for block in range(self.blocks_per_stage):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(width, stride, name=f'stage{stage}_block{block}')(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name='fc')(x)
+
+
+def create_classifier(name: str, num_classes: int = 10) -> nn.Module:
+  """The classifier named by `config.model`."""
+  models = {'lenet5': LeNet5, 'resnet20': ResNet20}
+  if name not in models:
+    raise ValueError(f'unknown model {name!r}; choose one of {sorted(models)}')
+  return models[name](num_classes=num_classes)

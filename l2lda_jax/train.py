@@ -1,0 +1,277 @@
+"""train_and_evaluate(config, workdir): the whole training run.
+
+Reads top to bottom: input -> model and optimiser -> update step -> checkpoints ->
+evaluation on the validation split -> loop -> final test report.
+"""
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+
+from l2lda_jax import attacks
+from l2lda_jax import checkpoint as checkpoint_lib
+from l2lda_jax import data as data_lib
+from l2lda_jax import defenses
+from l2lda_jax import evaluation
+from l2lda_jax import sharding
+from l2lda_jax.config_validation import validate_config
+from l2lda_jax.models import create_classifier
+
+
+class TrainingDiverged(RuntimeError):
+  """A loss became NaN or Inf; the message names the last good checkpoint."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  @property
+  def variables(self):
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+# ----------------------------------------------------------------------------- model
+def learning_rate_schedule(train_config) -> optax.Schedule:
+  """Step decay: lr x decay_factor at each of train.lr_decay_steps."""
+  return optax.piecewise_constant_schedule(
+      train_config.learning_rate,
+      {int(s): train_config.lr_decay_factor for s in train_config.lr_decay_steps})
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  """SGD with momentum; grad-norm clipping before weight decay (SPEC section 4)."""
+  return optax.chain(
+      optax.clip_by_global_norm(train_config.grad_clip_norm),
+      optax.add_decayed_weights(train_config.weight_decay),
+      optax.sgd(learning_rate_schedule(train_config), momentum=train_config.momentum))
+
+
+def init_train_state(model, tx, image_shape, seed: int) -> TrainState:
+  variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape)), train=False)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+
+
+def inference_apply(model):
+  """(variables, x) -> logits with BatchNorm on running statistics."""
+  return lambda variables, x: model.apply(variables, x, train=False)
+
+
+# ----------------------------------------------------------------------------- update step
+def cross_entropy_loss(logits, labels):
+  return jnp.mean(attacks.cross_entropy(logits, labels))
+
+
+def train_step(state: TrainState, images, labels, *, model, tx, adversary, data_config,
+               include_clean_loss: bool, base_key):
+  """One SGD step on clean (adversary None) or adversarial examples.
+
+  The adversary sees the classifier in inference mode (running BN statistics);
+  the update runs it in training mode (SPEC section 4).
+  """
+  key = jax.random.fold_in(base_key, state.step)
+  augment_key, attack_key = jax.random.split(key)
+  x = data_lib.augment(augment_key, data_lib.to_float(images), data_config.crop_padding,
+                       data_config.horizontal_flip)
+  batch = x.shape[0]
+  if adversary is None:
+    inputs, input_labels = x, labels
+  else:
+    logits_fn = functools.partial(inference_apply(model), state.variables)
+    x_adv = adversary(logits_fn, x, labels, attack_key)
+    inputs = jnp.concatenate([x, x_adv]) if include_clean_loss else x_adv
+    input_labels = jnp.concatenate([labels, labels]) if include_clean_loss else labels
+
+  def loss_fn(params):
+    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                  inputs, train=True, mutable=['batch_stats'])
+    return cross_entropy_loss(logits, input_labels), (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1,
+                            params=optax.apply_updates(state.params, param_updates),
+                            batch_stats=updates.get('batch_stats', state.batch_stats),
+                            opt_state=opt_state)
+  correct = jnp.argmax(logits, -1) == input_labels
+  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+  if adversary is None:
+    metrics['train_clean_accuracy'] = jnp.mean(correct)
+  elif include_clean_loss:
+    metrics['train_clean_accuracy'] = jnp.mean(correct[:batch])
+    metrics['train_adv_accuracy'] = jnp.mean(correct[batch:])
+  else:
+    metrics['train_adv_accuracy'] = jnp.mean(correct)
+  return new_state, metrics
+
+
+def make_train_steps(config, model, tx):
+  """(clean_step, adversarial_step), each one jitted function; adversarial is None for plain."""
+  step = functools.partial(train_step, model=model, tx=tx, data_config=config.data,
+                           include_clean_loss=config.train.include_clean_loss,
+                           base_key=jax.random.PRNGKey(config.seed))
+  adversary = defenses.make_adversary(config)
+  clean = jax.jit(functools.partial(step, adversary=None), donate_argnums=0)
+  adv = None if adversary is None else jax.jit(
+      functools.partial(step, adversary=adversary), donate_argnums=0)
+  return clean, adv
+
+
+# ----------------------------------------------------------------------------- evaluation
+def make_evaluator(config, model, mesh, eval_config):
+  """(variables, split) -> {'clean_accuracy', 'robust_accuracy'} under PGD of eval_config."""
+  apply_fn = inference_apply(model)
+  pgd = functools.partial(attacks.pgd, eps=config.eps, steps=eval_config.pgd_steps,
+                          step_size=eval_config.pgd_step_size, unroll=config.attack.unroll)
+  clean_fn = evaluation.make_correct_fn(apply_fn, None)
+  robust_fn = evaluation.make_correct_fn(apply_fn, pgd)
+  key = jax.random.PRNGKey(config.seed + 1)
+
+  def evaluate(variables, split):
+    run = lambda fn: float(np.mean(evaluation.per_example_correct(
+        fn, variables, split, eval_config.batch_size, key, mesh)))
+    return {'clean_accuracy': run(clean_fn), 'robust_accuracy': run(robust_fn)}
+
+  return evaluate
+
+
+# ----------------------------------------------------------------------------- logging
+class Progress:
+  """Steps/s and ETA over the steps run by this process."""
+
+  def __init__(self, first_step: int, total_steps: int):
+    self.first_step, self.total = first_step, total_steps
+    self.start = time.time()
+
+  def line(self, step: int) -> str:
+    elapsed = time.time() - self.start
+    rate = (step - self.first_step) / max(elapsed, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else float('inf')
+    eta_text = time.strftime('%H:%M:%S', time.gmtime(eta)) if math.isfinite(eta) else '?'
+    return f'step {step}/{self.total} | {rate:.2f} steps/s | ETA {eta_text}'
+
+
+def _fetch_and_check(pending: list, last_good_step: int | None, workdir: str) -> dict:
+  """Pulls queued step metrics to the host; stops the run on NaN/Inf."""
+  host = jax.device_get(pending)
+  for step, metrics in host:
+    bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+    if bad:
+      where = (f'step {last_good_step} in {workdir}/checkpoints' if last_good_step is not None
+               else 'none saved yet')
+      raise TrainingDiverged(f'{", ".join(bad)} became {metrics[bad[0]]} at step {step}; '
+                             f'training stopped. Last good checkpoint: {where}.')
+  # Warm-up and adversarial steps report different keys: average each over its own steps.
+  keys = sorted({k for _, m in host for k in m})
+  return {k: float(np.mean([m[k] for _, m in host if k in m])) for k in keys}
+
+
+# ----------------------------------------------------------------------------- the run
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (or resumes) in `workdir`, then reports test accuracy; returns the report."""
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  dataset = data_lib.load_dataset(config.data)
+  if dataset.lossy:
+    logging.warning(data_lib.LOSSY_NOTE)
+  mesh = sharding.make_data_mesh()
+  model = create_classifier(config.model, dataset.num_classes)
+  tx = make_optimizer(config.train)
+  state = sharding.replicate(mesh, init_train_state(
+      model, tx, dataset.train.images.shape[1:], config.seed))
+  checkpoints = checkpoint_lib.Checkpoints(workdir, config.checkpoint.keep)
+  resumed_from = checkpoints.latest_step()
+  if resumed_from is not None:
+    state = checkpoints.restore(state)
+    logging.info('Resumed from %s/checkpoints step %d', workdir, resumed_from)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+  clean_step, adv_step = make_train_steps(config, model, tx)
+  validate = make_evaluator(config, model, mesh, config.eval)
+  validation = dataset.validation.take(config.eval.num_examples)
+  # TensorBoard events from process 0 only; progress lines are logged below.
+  writer = (metric_writers.SummaryWriter(workdir) if jax.process_index() == 0
+            else metric_writers.MultiWriter([]))
+  train_cfg = config.train
+  first_step = int(state.step)
+  progress = Progress(first_step, train_cfg.steps)
+  pending, last_good = [], resumed_from
+  start_time = time.time()
+
+  for step in range(first_step, train_cfg.steps):
+    idx = data_lib.batch_indices(config.seed, step, len(dataset.train), train_cfg.batch_size)
+    images, labels = sharding.shard_batch(mesh, dataset.train.images[idx],
+                                          dataset.train.labels[idx])
+    use_clean = adv_step is None or step < train_cfg.clean_warmup_steps
+    state, metrics = (clean_step if use_clean else adv_step)(state, images, labels)
+    pending.append((step + 1, metrics))
+    done = step + 1
+    is_last = done == train_cfg.steps
+    log_now = done % config.log_every_steps == 0 or is_last
+    eval_now = done % config.eval.every_steps == 0 or is_last
+    save_now = done % config.checkpoint.every_steps == 0 or is_last
+    if log_now or eval_now or save_now:  # never save or evaluate unchecked state
+      scalars = _fetch_and_check(pending, last_good, workdir)
+      pending = []
+      scalars['learning_rate'] = float(learning_rate_schedule(train_cfg)(done))
+      writer.write_scalars(done, scalars)
+      logging.info('%s | %s', progress.line(done),
+                   ' '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
+    if eval_now:
+      val = validate(state.variables, validation)
+      val_scalars = {'val_clean_accuracy': val['clean_accuracy'],
+                     'val_robust_accuracy': val['robust_accuracy']}
+      writer.write_scalars(done, val_scalars)
+      logging.info('validation at step %d: clean %.4f, PGD-%d %.4f', done,
+                   val['clean_accuracy'], config.eval.pgd_steps, val['robust_accuracy'])
+      checkpoints.save_if_best(done, state, val_scalars)
+    if save_now:
+      checkpoints.save(done, state)
+      last_good = done
+  writer.flush()
+  train_seconds = time.time() - start_time
+
+  report = final_test_report(config, model, mesh, dataset, checkpoints, state)
+  report.update(train_seconds_this_process=train_seconds, resumed_from_step=resumed_from,
+                steps=train_cfg.steps, method=config.method, dataset=dataset.name,
+                lossy_data=dataset.lossy, devices=jax.device_count(),
+                platform=jax.devices()[0].platform)
+  if dataset.lossy:
+    report['note'] = data_lib.LOSSY_NOTE
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(report, f, indent=2)
+  logging.info('Final report (%s): %s', os.path.join(workdir, 'results.json'), report)
+  checkpoints.close()
+  return report
+
+
+def final_test_report(config, model, mesh, dataset, checkpoints, last_state) -> dict:
+  """Clean and PGD accuracy on the test set for the last and the best-on-validation states."""
+  test = dataset.test.take(config.test.num_examples)
+  evaluate = make_evaluator(config, model, mesh, config.test)
+  report = {'test_examples': len(test),
+            'test_attack': f'PGD-{config.test.pgd_steps} eps {config.eps:g} '
+                           f'step {config.test.pgd_step_size:g} random start'}
+  report['last'] = dict(step=int(last_state.step), **evaluate(last_state.variables, test))
+  best_step = checkpoints.best_step()
+  if best_step is not None:
+    best = checkpoints.restore(last_state, best=True)
+    report['best_on_validation'] = dict(step=best_step, **evaluate(best.variables, test))
+  return report

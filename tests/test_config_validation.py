@@ -1,0 +1,56 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import cifar10, mnist
+from l2lda_jax.config_validation import ConfigError, validate_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('variant', ['', 'cpu', 'smoke'])
+@pytest.mark.parametrize('module', [mnist, cifar10])
+def test_shipped_configs_are_valid(module, variant):
+  validate_config(module.get_config(variant), num_devices=1)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('eps', -0.1, 'config.eps'),
+    ('method', 'madry', 'config.method'),
+    ('train.steps', 0, 'config.train.steps'),
+    ('train.batch_size', 0, 'config.train.batch_size'),
+    ('train.learning_rate', -1.0, 'config.train.learning_rate'),
+    ('attack.pgd_steps', 0, 'config.attack.pgd_steps'),
+    ('data.name', 'imagenet', 'config.data.name'),
+    ('train.lr_decay_steps', (50, 10), 'config.train.lr_decay_steps'),
+])
+def test_invalid_field_is_named(field, value, match):
+  config = mnist.get_config('smoke')
+  section, _, name = field.rpartition('.')
+  (config[section] if section else config)[name] = value
+  with pytest.raises(ConfigError, match=match.replace('.', r'\.')):
+    validate_config(config, num_devices=1)
+
+
+def test_batch_must_divide_across_devices():
+  config = mnist.get_config('smoke')
+  config.train.batch_size = 30
+  with pytest.raises(ConfigError, match=r'config\.train\.batch_size.*8'):
+    validate_config(config, num_devices=8)
+
+
+def test_unknown_variant_is_named():
+  with pytest.raises(ValueError, match='bogus'):
+    mnist.get_config('bogus')
+
+
+def test_cli_rejects_bad_config_with_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'train.py', '--config=configs/mnist.py:smoke', '--config.eps=-0.1',
+       f'--workdir={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: config.eps must be in [0, 1], got -0.1')

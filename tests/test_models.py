@@ -1,0 +1,63 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from l2lda_jax.models import LeNet5, ResNet20, create_classifier
+from l2lda_jax.models.classifiers import PatchConv, max_pool_2x2
+
+
+def _param_count(tree):
+  return sum(x.size for x in jax.tree_util.tree_leaves(tree))
+
+
+def test_lenet5_has_61706_parameters_and_outputs_logits():
+  model = LeNet5()
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  assert _param_count(variables['params']) == 61_706
+  out = model.apply(variables, jnp.ones((3, 28, 28, 1)))
+  assert out.shape == (3, 10)
+
+
+def test_resnet20_parameter_count_and_shapes():
+  model = ResNet20()
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  # He et al.'s ResNet-20 with option-A shortcuts (0.27M): counted by hand, layer by layer.
+  assert _param_count(variables['params']) == 269_722
+  assert 'batch_stats' in variables
+  out, updates = model.apply(variables, jnp.ones((2, 32, 32, 3)), train=True,
+                             mutable=['batch_stats'])
+  assert out.shape == (2, 10)
+  before = jax.tree_util.tree_leaves(variables['batch_stats'])
+  after = jax.tree_util.tree_leaves(updates['batch_stats'])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+def test_resnet20_normalises_inside_the_model():
+  """A constant image at the dataset mean is all zeros after the model's normalisation."""
+  model = ResNet20()
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  mean_image = jnp.broadcast_to(jnp.asarray(model.mean), (1, 32, 32, 3))
+  _, state = model.apply(variables, mean_image, capture_intermediates=True,
+                         mutable=['intermediates'])
+  stem = state['intermediates']['stem_conv']['__call__'][0]
+  np.testing.assert_allclose(stem, 0.0, atol=1e-6)
+
+
+def test_patch_conv_matches_flax_conv():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 12, 12, 3))
+  patch = PatchConv(5, 5, padding=2)
+  params = patch.init(jax.random.PRNGKey(1), x)
+  conv = nn.Conv(5, (5, 5), padding=2)
+  np.testing.assert_allclose(patch.apply(params, x), conv.apply(params, x), atol=1e-5)
+
+
+def test_max_pool_matches_flax_max_pool():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 10, 4))
+  np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+
+
+def test_unknown_model_is_named():
+  with pytest.raises(ValueError, match='vgg'):
+    create_classifier('vgg')

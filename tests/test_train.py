@@ -1,0 +1,112 @@
+"""The training loop end to end on mock data: every method, resume, divergence."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from l2lda_jax import checkpoint as checkpoint_lib
+from l2lda_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HARNESS = os.path.join(ROOT, 'tests', 'resume_harness.py')
+
+
+def _run(config, workdir):
+  with tfds.testing.mock_data(num_examples=96):
+    return train.train_and_evaluate(config, str(workdir))
+
+
+def _restore_params(workdir, step=None):
+  checkpoints = checkpoint_lib.Checkpoints(str(workdir), keep=3)
+  step = checkpoints.latest_step() if step is None else step
+  return checkpoints.latest.restore(step)['params']
+
+
+@pytest.mark.parametrize('method', ['plain', 'fgsm', 'pgd', 'cw'])
+def test_every_method_trains_checkpoints_and_reports(method, tiny_mnist_config, tmp_path):
+  config = tiny_mnist_config
+  config.method = method
+  report = _run(config, tmp_path)
+  assert report['method'] == method and report['steps'] == 6
+  for key in ('last', 'best_on_validation'):
+    assert 0.0 <= report[key]['robust_accuracy'] <= 1.0
+    assert 0.0 <= report[key]['clean_accuracy'] <= 1.0
+  with open(tmp_path / 'results.json') as f:
+    assert json.load(f)['last']['step'] == 6
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+  assert glob.glob(str(tmp_path / 'events.out.tfevents.*'))
+  model = train.create_classifier(config.model)
+  init = train.init_train_state(model, train.make_optimizer(config.train), (28, 28, 1),
+                                config.seed).params
+  trained = _restore_params(tmp_path)
+  changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), init, trained)
+  assert all(jax.tree_util.tree_leaves(changed))
+
+
+def test_resume_continues_to_the_same_parameters(tiny_mnist_config, tmp_path):
+  """Stopping after step 3 and restarting gives bit-identical parameters to one run."""
+  config = tiny_mnist_config
+  config.method = 'pgd'
+  _run(config, tmp_path / 'whole')
+  config.train.steps = 3
+  _run(config, tmp_path / 'split')
+  config.train.steps = 6
+  report = _run(config, tmp_path / 'split')
+  assert report['resumed_from_step'] == 3
+  whole, split = _restore_params(tmp_path / 'whole'), _restore_params(tmp_path / 'split')
+  for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(split)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  run = lambda workdir, delay: subprocess.Popen(
+      [sys.executable, HARNESS, str(workdir), 'pgd', str(delay)], env=env,
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  killed_dir, whole_dir = tmp_path / 'killed', tmp_path / 'whole'
+  victim = run(killed_dir, 0.2)
+  deadline = time.time() + 240
+  while not (killed_dir / 'checkpoints' / '8').exists():
+    assert victim.poll() is None, victim.stderr.read()[-2000:]
+    assert time.time() < deadline, 'no checkpoint appeared'
+    time.sleep(0.05)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  assert not (killed_dir / 'final_params.npz').exists()  # it really died mid-run
+  for proc in (run(killed_dir, 0), run(whole_dir, 0)):
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+  with open(killed_dir / 'results.json') as f:
+    assert json.load(f)['resumed_from_step'] >= 8
+  resumed = np.load(killed_dir / 'final_params.npz')
+  whole = np.load(whole_dir / 'final_params.npz')
+  assert sorted(resumed.files) == sorted(whole.files)
+  for name in whole.files:
+    np.testing.assert_array_equal(resumed[name], whole[name])
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_mnist_config,
+                                                                   tmp_path):
+  config = tiny_mnist_config
+  config.method = 'plain'
+  config.train.learning_rate = 1e30  # the second step's loss is no longer finite
+  config.train.lr_decay_steps = ()
+  config.log_every_steps = 1
+  config.checkpoint.every_steps = 1
+  with pytest.raises(train.TrainingDiverged, match=r'loss became .* at step (\d+).*'
+                     r'Last good checkpoint: step \d+') as error:
+    _run(config, tmp_path)
+  checkpoints = checkpoint_lib.Checkpoints(str(tmp_path), keep=3)
+  last_good = checkpoints.latest_step()
+  assert last_good is not None and f'step {last_good} in' in str(error.value)
+  params = _restore_params(tmp_path, last_good)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(params))
