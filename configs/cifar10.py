@@ -19,6 +19,7 @@ def get_config(variant: str = ''):
   config.eps = 8 / 255
   # The paper starts from a clean-pretrained ResNet-20 and has no warm-up there.
   config.train.clean_warmup_steps = 0
+  config.generator.diversity_weight = 0.5  # lambda for CIFAR-10 (code)
 
   if variant == 'cpu':
     config.train.steps = 3000
@@ -45,6 +46,8 @@ def get_config(variant: str = ''):
     config.test.batch_size = 64
     config.checkpoint.every_steps = 3
     config.log_every_steps = 2
+    config.generator.width = 8
+    config.generator.steps = 2
   elif variant:
     raise ValueError(f'configs/cifar10.py: unknown variant {variant!r} (use cpu or smoke)')
   return config

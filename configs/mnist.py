@@ -40,6 +40,8 @@ def get_config(variant: str = ''):
     config.test.batch_size = 128
     config.checkpoint.every_steps = 10
     config.log_every_steps = 5
+    config.generator.width = 8
+    config.generator.steps = 2
   elif variant:
     raise ValueError(f'configs/mnist.py: unknown variant {variant!r} (use cpu or smoke)')
   return config

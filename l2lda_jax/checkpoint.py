@@ -46,6 +46,14 @@ class Checkpoints:
       raise FileNotFoundError(f'no {"best" if best else "latest"} checkpoint in {self.workdir}')
     return manager.restore(step, args=ocp.args.StandardRestore(template))
 
+  def restore_raw(self):
+    """The best checkpoint (else the latest) as saved, without a template; None if none."""
+    for manager, step in ((self.best, self.best.best_step()),
+                          (self.latest, self.latest.latest_step())):
+      if step is not None:
+        return manager.restore(step, args=ocp.args.StandardRestore())
+    return None
+
   def close(self):
     self.latest.close()
     self.best.close()

@@ -2,7 +2,8 @@
 
 import jax
 
-METHODS = ('plain', 'fgsm', 'pgd', 'cw')
+METHODS = ('l2lda', 'l2l', 'plain', 'fgsm', 'pgd', 'cw')
+GRADIENT_NORMALISATIONS = ('channel', 'batch_max', 'none')
 DATASETS = ('mnist', 'cifar10')
 MODELS = ('lenet5', 'resnet20')
 
@@ -34,7 +35,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
   for field in ('train.steps', 'train.batch_size', 'attack.pgd_steps', 'attack.cw_steps',
                 'eval.every_steps', 'eval.batch_size', 'eval.pgd_steps', 'test.pgd_steps',
                 'test.batch_size', 'checkpoint.every_steps', 'checkpoint.keep',
-                'log_every_steps', 'data.validation_size'):
+                'log_every_steps', 'data.validation_size', 'generator.width',
+                'generator.z_dim', 'generator.steps'):
     _positive_int(config, field)
   for field in ('train.batch_size', 'eval.batch_size', 'test.batch_size'):
     section, name = field.split('.')
@@ -59,6 +61,17 @@ def validate_config(config, num_devices: int | None = None) -> None:
                        ('eval.pgd_step_size', config.eval.pgd_step_size),
                        ('test.pgd_step_size', config.test.pgd_step_size)):
     _require(value > 0, field, value, 'must be > 0')
+  g = config.generator
+  for field, value in (('generator.step_size', g.step_size),
+                       ('generator.learning_rate', g.learning_rate),
+                       ('generator.grad_clip_norm', g.grad_clip_norm)):
+    _require(value > 0, field, value, 'must be > 0')
+  _require(g.diversity_weight >= 0, 'generator.diversity_weight', g.diversity_weight,
+           'must be >= 0 (0 turns the diversity loss off)')
+  _require(g.weight_decay >= 0, 'generator.weight_decay', g.weight_decay, 'must be >= 0')
+  _require(0 <= g.momentum < 1, 'generator.momentum', g.momentum, 'must be in [0, 1)')
+  _require(g.normalize_grad in GRADIENT_NORMALISATIONS, 'generator.normalize_grad',
+           g.normalize_grad, f'must be one of {GRADIENT_NORMALISATIONS}')
   _require(config.data.crop_padding >= 0, 'data.crop_padding', config.data.crop_padding,
            'must be >= 0')
   _require(config.eval.num_examples >= 0, 'eval.num_examples', config.eval.num_examples,

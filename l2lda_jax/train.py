@@ -24,8 +24,9 @@ from l2lda_jax import checkpoint as checkpoint_lib
 from l2lda_jax import data as data_lib
 from l2lda_jax import defenses
 from l2lda_jax import evaluation
+from l2lda_jax import l2lda
 from l2lda_jax import sharding
-from l2lda_jax.config_validation import validate_config
+from l2lda_jax.config_validation import ConfigError, validate_config
 from l2lda_jax.models import create_classifier
 
 
@@ -39,6 +40,7 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
+  generator: Any = None  # l2lda.GeneratorState for the generator methods
 
   @property
   def variables(self):
@@ -66,6 +68,50 @@ def init_train_state(model, tx, image_shape, seed: int) -> TrainState:
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+
+
+GENERATOR_METHODS = ('l2lda', 'l2l')
+
+
+def create_train_state(config, model, tx, image_shape, num_classes: int) -> TrainState:
+  """The classifier state, plus the generator's for l2lda / l2l."""
+  state = init_train_state(model, tx, image_shape, config.seed)
+  if config.method in GENERATOR_METHODS:
+    settings = l2lda.game_settings(config, num_classes)
+    generator = l2lda.make_generator(settings, image_shape[-1])
+    state = state.replace(generator=l2lda.init_generator_state(
+        generator, l2lda.make_generator_optimizer(config), settings, image_shape, config.seed))
+  return state
+
+
+def load_classifier_from(state: TrainState, workdir: str) -> TrainState:
+  """Copies classifier params and BN statistics from another run (config.init_from).
+
+  Takes that run's best-on-validation checkpoint, else its latest. The optimiser and
+  the generator start fresh.
+  """
+  if not os.path.isdir(workdir):
+    raise ConfigError(f'config.init_from: {workdir!r} is not a directory')
+  source = checkpoint_lib.Checkpoints(workdir, keep=1)
+  restored = source.restore_raw()
+  source.close()
+  if restored is None:
+    raise ConfigError(f'config.init_from: no checkpoint in {workdir!r}')
+  params, batch_stats = restored['params'], restored.get('batch_stats') or {}
+  for name, ours, theirs in (('params', state.params, params),
+                             ('batch_stats', state.batch_stats, batch_stats)):
+    ours_shapes = jax.tree_util.tree_map(jnp.shape, ours)
+    theirs_shapes = jax.tree_util.tree_map(jnp.shape, theirs)
+    if ours_shapes != theirs_shapes:
+      raise ConfigError(f'config.init_from: the {name} in {workdir!r} do not match '
+                        f'config.model={state_model_name(ours)}')
+  put = lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding)
+  return state.replace(params=jax.tree_util.tree_map(put, params, state.params),
+                       batch_stats=jax.tree_util.tree_map(put, batch_stats, state.batch_stats))
+
+
+def state_model_name(params) -> str:
+  return 'a model with layers ' + ', '.join(sorted(params))
 
 
 def inference_apply(model):
@@ -121,13 +167,24 @@ def train_step(state: TrainState, images, labels, *, model, tx, adversary, data_
   return new_state, metrics
 
 
-def make_train_steps(config, model, tx):
-  """(clean_step, adversarial_step), each one jitted function; adversarial is None for plain."""
+def make_train_steps(config, model, tx, num_classes: int, channels: int):
+  """(clean_step, adversarial_step), each one jitted function; adversarial is None for plain.
+
+  For l2lda / l2l the adversarial step is the whole game (l2lda.game_step).
+  """
+  base_key = jax.random.PRNGKey(config.seed)
   step = functools.partial(train_step, model=model, tx=tx, data_config=config.data,
                            include_clean_loss=config.train.include_clean_loss,
-                           base_key=jax.random.PRNGKey(config.seed))
-  adversary = defenses.make_adversary(config)
+                           base_key=base_key)
   clean = jax.jit(functools.partial(step, adversary=None), donate_argnums=0)
+  if config.method in GENERATOR_METHODS:
+    settings = l2lda.game_settings(config, num_classes)
+    game = functools.partial(
+        l2lda.game_step, model=model, generator=l2lda.make_generator(settings, channels),
+        tx=tx, gen_tx=l2lda.make_generator_optimizer(config), settings=settings,
+        data_config=config.data, base_key=base_key)
+    return clean, jax.jit(game, donate_argnums=0)
+  adversary = defenses.make_adversary(config)
   adv = None if adversary is None else jax.jit(
       functools.partial(step, adversary=adversary), donate_argnums=0)
   return clean, adv
@@ -153,15 +210,20 @@ def make_evaluator(config, model, mesh, eval_config):
 
 # ----------------------------------------------------------------------------- logging
 class Progress:
-  """Steps/s and ETA over the steps run by this process."""
+  """Steps/s over the latest logging interval, and the ETA at that rate.
+
+  The latest interval, not the whole run: warm-up steps are far cheaper than
+  adversarial ones, and compilation would distort an average from the start.
+  """
 
   def __init__(self, first_step: int, total_steps: int):
-    self.first_step, self.total = first_step, total_steps
-    self.start = time.time()
+    self.total = total_steps
+    self.last_step, self.last_time = first_step, time.time()
 
   def line(self, step: int) -> str:
-    elapsed = time.time() - self.start
-    rate = (step - self.first_step) / max(elapsed, 1e-9)
+    now = time.time()
+    rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.last_step, self.last_time = step, now
     eta = (self.total - step) / rate if rate > 0 else float('inf')
     eta_text = time.strftime('%H:%M:%S', time.gmtime(eta)) if math.isfinite(eta) else '?'
     return f'step {step}/{self.total} | {rate:.2f} steps/s | ETA {eta_text}'
@@ -193,17 +255,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = sharding.make_data_mesh()
   model = create_classifier(config.model, dataset.num_classes)
   tx = make_optimizer(config.train)
-  state = sharding.replicate(mesh, init_train_state(
-      model, tx, dataset.train.images.shape[1:], config.seed))
+  image_shape = dataset.train.images.shape[1:]
+  state = sharding.replicate(mesh, create_train_state(config, model, tx, image_shape,
+                                                      dataset.num_classes))
   checkpoints = checkpoint_lib.Checkpoints(workdir, config.checkpoint.keep)
   resumed_from = checkpoints.latest_step()
   if resumed_from is not None:
     state = checkpoints.restore(state)
     logging.info('Resumed from %s/checkpoints step %d', workdir, resumed_from)
+  elif config.init_from:
+    state = load_classifier_from(state, config.init_from)
+    logging.info('Classifier initialised from %s', config.init_from)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
 
-  clean_step, adv_step = make_train_steps(config, model, tx)
+  clean_step, adv_step = make_train_steps(config, model, tx, dataset.num_classes,
+                                          image_shape[-1])
   validate = make_evaluator(config, model, mesh, config.eval)
   validation = dataset.validation.take(config.eval.num_examples)
   # TensorBoard events from process 0 only; progress lines are logged below.
@@ -213,6 +280,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   first_step = int(state.step)
   progress = Progress(first_step, train_cfg.steps)
   pending, last_good = [], resumed_from
+  lossy_tag = '[LOSSY JPEG data] ' if dataset.lossy else ''
   start_time = time.time()
 
   for step in range(first_step, train_cfg.steps):
@@ -232,14 +300,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
       pending = []
       scalars['learning_rate'] = float(learning_rate_schedule(train_cfg)(done))
       writer.write_scalars(done, scalars)
-      logging.info('%s | %s', progress.line(done),
+      logging.info('%s%s | %s', lossy_tag, progress.line(done),
                    ' '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
     if eval_now:
       val = validate(state.variables, validation)
       val_scalars = {'val_clean_accuracy': val['clean_accuracy'],
                      'val_robust_accuracy': val['robust_accuracy']}
       writer.write_scalars(done, val_scalars)
-      logging.info('validation at step %d: clean %.4f, PGD-%d %.4f', done,
+      logging.info('%svalidation at step %d: clean %.4f, PGD-%d %.4f', lossy_tag, done,
                    val['clean_accuracy'], config.eval.pgd_steps, val['robust_accuracy'])
       checkpoints.save_if_best(done, state, val_scalars)
     if save_now:

@@ -31,4 +31,6 @@ def tiny_mnist_config():
   config.test.pgd_steps = 2
   config.checkpoint.every_steps = 3
   config.log_every_steps = 3
+  config.generator.width = 8
+  config.generator.steps = 2
   return config

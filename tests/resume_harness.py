@@ -2,7 +2,7 @@
 
   python tests/resume_harness.py WORKDIR METHOD STEP_DELAY_SECONDS
 
-Writes WORKDIR/final_params.npz when training ends. STEP_DELAY_SECONDS slows each
+Writes the final checkpoint's whole state to WORKDIR/final_params.npz when training ends. STEP_DELAY_SECONDS slows each
 step down so the test can kill the process in the middle of the run.
 """
 
@@ -42,6 +42,8 @@ def harness_config(method: str):
   config.checkpoint.every_steps = 4
   config.checkpoint.keep = 2
   config.log_every_steps = 4
+  config.generator.width = 8
+  config.generator.steps = 2
   return config
 
 
@@ -58,9 +60,10 @@ def main():
   with tfds.testing.mock_data(num_examples=96):
     train.train_and_evaluate(harness_config(method), workdir)
   state = train.checkpoint_lib.Checkpoints(workdir, keep=2)
-  params = state.latest.restore(state.latest_step())['params']
+  # Everything: classifier, optimiser and (for l2lda) generator state.
+  restored = state.latest.restore(state.latest_step())
   flat = {jax.tree_util.keystr(k): np.asarray(v)
-          for k, v in jax.tree_util.tree_leaves_with_path(params)}
+          for k, v in jax.tree_util.tree_leaves_with_path(restored)}
   np.savez(os.path.join(workdir, 'final_params.npz'), **flat)
 
 

@@ -25,13 +25,18 @@ def _run(config, workdir):
     return train.train_and_evaluate(config, str(workdir))
 
 
-def _restore_params(workdir, step=None):
+def _restore(workdir, step=None):
+  """The whole saved state (classifier, optimiser, generator) of a checkpoint."""
   checkpoints = checkpoint_lib.Checkpoints(str(workdir), keep=3)
   step = checkpoints.latest_step() if step is None else step
-  return checkpoints.latest.restore(step)['params']
+  return checkpoints.latest.restore(step)
 
 
-@pytest.mark.parametrize('method', ['plain', 'fgsm', 'pgd', 'cw'])
+def _restore_params(workdir, step=None):
+  return _restore(workdir, step)['params']
+
+
+@pytest.mark.parametrize('method', ['plain', 'fgsm', 'pgd', 'cw', 'l2lda', 'l2l'])
 def test_every_method_trains_checkpoints_and_reports(method, tiny_mnist_config, tmp_path):
   config = tiny_mnist_config
   config.method = method
@@ -52,25 +57,28 @@ def test_every_method_trains_checkpoints_and_reports(method, tiny_mnist_config, 
   assert all(jax.tree_util.tree_leaves(changed))
 
 
-def test_resume_continues_to_the_same_parameters(tiny_mnist_config, tmp_path):
+@pytest.mark.parametrize('method', ['pgd', 'l2lda'])
+def test_resume_continues_to_the_same_parameters(method, tiny_mnist_config, tmp_path):
   """Stopping after step 3 and restarting gives bit-identical parameters to one run."""
   config = tiny_mnist_config
-  config.method = 'pgd'
+  config.method = method
   _run(config, tmp_path / 'whole')
   config.train.steps = 3
   _run(config, tmp_path / 'split')
   config.train.steps = 6
   report = _run(config, tmp_path / 'split')
   assert report['resumed_from_step'] == 3
-  whole, split = _restore_params(tmp_path / 'whole'), _restore_params(tmp_path / 'split')
+  whole, split = _restore(tmp_path / 'whole'), _restore(tmp_path / 'split')
+  assert jax.tree_util.tree_structure(whole) == jax.tree_util.tree_structure(split)
   for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(split)):
     np.testing.assert_array_equal(a, b)
 
 
-def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize('method', ['pgd', 'l2lda'])
+def test_sigkill_then_resume_equals_uninterrupted_run(method, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   run = lambda workdir, delay: subprocess.Popen(
-      [sys.executable, HARNESS, str(workdir), 'pgd', str(delay)], env=env,
+      [sys.executable, HARNESS, str(workdir), method, str(delay)], env=env,
       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   killed_dir, whole_dir = tmp_path / 'killed', tmp_path / 'whole'
   victim = run(killed_dir, 0.2)
@@ -110,3 +118,36 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_mnist_co
   assert last_good is not None and f'step {last_good} in' in str(error.value)
   params = _restore_params(tmp_path, last_good)
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(params))
+
+
+def test_init_from_copies_the_classifier_of_another_run(tiny_mnist_config, tmp_path):
+  config = tiny_mnist_config
+  config.method = 'plain'
+  _run(config, tmp_path / 'pretrain')
+  source = checkpoint_lib.Checkpoints(str(tmp_path / 'pretrain'), keep=3)
+  best = source.best.restore(source.best_step())['params']
+  config.method = 'l2lda'
+  model = train.create_classifier(config.model)
+  tx = train.make_optimizer(config.train)
+  state = train.create_train_state(config, model, tx, (28, 28, 1), 10)
+  loaded = train.load_classifier_from(state, str(tmp_path / 'pretrain'))
+  for a, b in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(best)):
+    np.testing.assert_array_equal(a, b)
+  assert loaded.generator is state.generator  # the generator starts fresh
+
+  config.init_from = str(tmp_path / 'pretrain')
+  report = _run(config, tmp_path / 'finetune')
+  assert report['method'] == 'l2lda'
+
+
+def test_init_from_rejects_a_different_model_and_a_missing_dir(tiny_mnist_config, tmp_path):
+  config = tiny_mnist_config
+  config.method = 'plain'
+  _run(config, tmp_path / 'pretrain')
+  model = train.create_classifier('resnet20')
+  tx = train.make_optimizer(config.train)
+  state = train.init_train_state(model, tx, (32, 32, 3), 0)
+  with pytest.raises(train.ConfigError, match='config.init_from'):
+    train.load_classifier_from(state, str(tmp_path / 'pretrain'))
+  with pytest.raises(train.ConfigError, match='not a directory'):
+    train.load_classifier_from(state, str(tmp_path / 'nowhere'))

@@ -1,0 +1,228 @@
+"""The L2L-DA game in one compiled step (paper Algorithm 1, SPEC sections 1, 4, 5).
+
+Per iteration: draw z1, z2; run the recursive attack on the doubled batch [x; x] with
+[z1; z2]; update the generator to maximise sum_t [CE_t + lambda * L_div,t]; update the
+classifier on [x; x_adv_T(z1); x_adv_T(z2)] made by the pre-update generator. Both
+optimisers and both networks' BatchNorm statistics advance in the same jit step.
+`method=l2l` is L2L* (Chen et al.): one shot, no delta, no z, no label, batch max-abs
+gradient normalisation, x_adv = clip(x + eps * tanh(G(x, g))).
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from l2lda_jax import data as data_lib
+from l2lda_jax.attacks import learned
+from l2lda_jax.attacks.losses import cross_entropy
+from l2lda_jax.models.generator import Generator
+
+
+@flax.struct.dataclass
+class GeneratorState:
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class GameSettings:
+  """Everything static about the game, derived once from the config."""
+  options: learned.UnrollOptions
+  diversity_weight: float
+  draws: int  # 2: the doubled batch [x; x] with [z1; z2]; 1 for L2L*
+  z_dim: int
+  num_classes: int  # 0: plain BN (no label input)
+  width: int
+
+
+def game_settings(config, num_classes: int) -> GameSettings:
+  """The L2L-DA settings of config.generator, or the fixed L2L* ones for method=l2l."""
+  g = config.generator
+  if config.method == 'l2l':
+    options = learned.UnrollOptions(eps=config.eps, steps=1, step_size=config.eps,
+                                    use_delta=False, normalize_grad='batch_max',
+                                    unroll=g.unroll)
+    return GameSettings(options, 0.0, 1, 0, 0, g.width)
+  options = learned.UnrollOptions(eps=config.eps, steps=g.steps, step_size=g.step_size,
+                                  use_delta=g.use_delta, normalize_grad=g.normalize_grad,
+                                  unroll=g.unroll)
+  return GameSettings(options, g.diversity_weight, 2, g.z_dim,
+                      num_classes if g.use_label else 0, g.width)
+
+
+def make_generator(settings: GameSettings, channels: int) -> Generator:
+  return Generator(out_channels=channels, num_classes=settings.num_classes,
+                   width=settings.width, z_dim=settings.z_dim)
+
+
+def generator_input_channels(settings: GameSettings, channels: int) -> int:
+  return channels * (3 if settings.options.use_delta else 2)
+
+
+def make_generator_optimizer(config) -> optax.GradientTransformation:
+  """SGD 0.9, weight decay, grad-norm clipping; constant lr (SPEC section 4)."""
+  g = config.generator
+  return optax.chain(optax.clip_by_global_norm(g.grad_clip_norm),
+                     optax.add_decayed_weights(g.weight_decay),
+                     optax.sgd(g.learning_rate, momentum=g.momentum))
+
+
+def init_generator_state(generator, gen_tx, settings, image_shape, seed) -> GeneratorState:
+  h, w, c = image_shape
+  inputs = jnp.zeros((2, h, w, generator_input_channels(settings, c)))
+  variables = generator.init(jax.random.PRNGKey(seed + 7919), inputs,
+                             jnp.zeros((2, settings.z_dim)), jnp.zeros((2,), jnp.int32))
+  return GeneratorState(variables['params'], variables['batch_stats'],
+                        gen_tx.init(variables['params']))
+
+
+def generator_fn_for(generator, params, train: bool = True):
+  """The `(inputs, z, labels, batch_stats) -> (direction, batch_stats)` closure of `learned`."""
+
+  def generator_fn(inputs, z, labels, batch_stats):
+    variables = {'params': params, 'batch_stats': batch_stats}
+    if not train:
+      return generator.apply(variables, inputs, z, labels, train=False), batch_stats
+    out, updates = generator.apply(variables, inputs, z, labels, train=True,
+                                   mutable=['batch_stats'])
+    return out, updates['batch_stats']
+
+  return generator_fn
+
+
+def draw_latents(key, batch: int, settings: GameSettings) -> jax.Array:
+  """[z1; z2] ~ N(0, I), drawn once per iteration and held over the T steps."""
+  return jax.random.normal(key, (settings.draws * batch, settings.z_dim))
+
+
+def generator_objective(gen_params, gen_batch_stats, *, generator, logits_fn, x, labels, z,
+                        settings: GameSettings):
+  """L_G = sum_t [CE_mean(f(x_adv_t), y) + lambda * L_div,t] (to be maximised).
+
+  Returns (L_G, (x_adv_T, new batch_stats, per-step CE, per-step L_div)).
+  """
+  x_advs, batch_stats = learned.recursive_attack(
+      generator_fn_for(generator, gen_params), logits_fn, x, labels, z, gen_batch_stats,
+      settings.options)
+  steps, n = x_advs.shape[:2]
+  # One classifier pass over all T steps: a bigger batch is faster than T small ones.
+  logits = logits_fn(x_advs.reshape((steps * n,) + x_advs.shape[2:]))
+  ce = jnp.mean(cross_entropy(logits, jnp.tile(labels, steps)).reshape(steps, n), axis=1)
+  if settings.draws == 2:
+    div = jax.vmap(learned.diversity_loss, in_axes=(0, None))(x_advs, z)
+  else:
+    div = jnp.zeros((steps,))
+  objective = jnp.sum(ce) + settings.diversity_weight * jnp.sum(div)
+  return objective, (x_advs[-1], batch_stats, ce, div)
+
+
+def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: GameSettings,
+              data_config, base_key):
+  """One iteration of Algorithm 1: generator ascent, then the classifier update."""
+  key = jax.random.fold_in(base_key, state.step)
+  augment_key, z_key = jax.random.split(key)
+  x = data_lib.augment(augment_key, data_lib.to_float(images), data_config.crop_padding,
+                       data_config.horizontal_flip)
+  batch, draws = x.shape[0], settings.draws
+  x_rep, y_rep = jnp.tile(x, (draws, 1, 1, 1)), jnp.tile(labels, draws)
+  z = draw_latents(z_key, batch, settings)
+  classifier_vars = {'params': state.params, 'batch_stats': state.batch_stats}
+  logits_fn = lambda v: model.apply(classifier_vars, v, train=False)
+
+  gen = state.generator
+  objective = functools.partial(generator_objective, generator=generator, logits_fn=logits_fn,
+                                x=x_rep, labels=y_rep, z=z, settings=settings)
+  (gen_objective, (x_adv, gen_stats, ce, div)), gen_grads = jax.value_and_grad(
+      objective, has_aux=True)(gen.params, gen.batch_stats)
+  ascent = jax.tree_util.tree_map(jnp.negative, gen_grads)  # maximise L_G
+  gen_updates, gen_opt_state = gen_tx.update(ascent, gen.opt_state, gen.params)
+  new_gen = GeneratorState(optax.apply_updates(gen.params, gen_updates), gen_stats,
+                           gen_opt_state)
+
+  x_adv = jax.lax.stop_gradient(x_adv)
+  inputs = jnp.concatenate([x, x_adv])
+  input_labels = jnp.concatenate([labels, y_rep])
+
+  def classifier_loss(params):
+    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                  inputs, train=True, mutable=['batch_stats'])
+    return jnp.mean(cross_entropy(logits, input_labels)), (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(classifier_loss, has_aux=True)(
+      state.params)
+  param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1,
+                            params=optax.apply_updates(state.params, param_updates),
+                            batch_stats=updates.get('batch_stats', state.batch_stats),
+                            opt_state=opt_state, generator=new_gen)
+  correct = jnp.argmax(logits, -1) == input_labels
+  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
+             'generator_objective': gen_objective, 'generator_ce_last': ce[-1],
+             'generator_grad_norm': optax.tree.norm(gen_grads),
+             'train_clean_accuracy': jnp.mean(correct[:batch]),
+             'train_adv_accuracy': jnp.mean(correct[batch:])}
+  if draws == 2:
+    metrics['diversity_last'] = div[-1]
+  return new_state, metrics
+
+
+# ----------------------------------------------------------------------------- white-box attack
+def make_finetune_step(generator, gen_tx, settings: GameSettings, logits_fn):
+  """A jitted step of generator-only training against a frozen classifier (Table 2 attack)."""
+
+  def step(gen: GeneratorState, x, labels, key):
+    z = draw_latents(key, x.shape[0], settings)
+    x_rep = jnp.tile(x, (settings.draws, 1, 1, 1))
+    y_rep = jnp.tile(labels, settings.draws)
+    objective = functools.partial(generator_objective, generator=generator,
+                                  logits_fn=logits_fn, x=x_rep, labels=y_rep, z=z,
+                                  settings=settings)
+    (value, (_, stats, _, _)), grads = jax.value_and_grad(objective, has_aux=True)(
+        gen.params, gen.batch_stats)
+    updates, opt_state = gen_tx.update(jax.tree_util.tree_map(jnp.negative, grads),
+                                       gen.opt_state, gen.params)
+    return GeneratorState(optax.apply_updates(gen.params, updates), stats, opt_state), value
+
+  return jax.jit(step)
+
+
+def finetune_generator(gen: GeneratorState, *, generator, gen_tx, settings: GameSettings,
+                       logits_fn, images, labels, steps: int, batch_size: int, key):
+  """N steps of generator training with the classifier fixed.
+
+  `images` are float images in [0, 1] (the training split); batches are drawn with
+  replacement from `key`. Returns the fine-tuned GeneratorState and the last objective.
+  """
+  step = make_finetune_step(generator, gen_tx, settings, logits_fn)
+  value = jnp.nan
+  for i in range(steps):
+    batch_key, z_key = jax.random.split(jax.random.fold_in(key, i))
+    idx = jax.random.randint(batch_key, (batch_size,), 0, images.shape[0])
+    gen, value = step(gen, images[idx], labels[idx], z_key)
+  return gen, value
+
+
+def generator_attack_correct(gen: GeneratorState, *, generator, settings: GameSettings,
+                             logits_fn, x, labels, key, draws: int = 10) -> jax.Array:
+  """Per-example correctness under K z draws of the generator (broken if any draw breaks it).
+
+  The generator normalises with batch statistics, as it did in training; the stored
+  statistics are not updated.
+  """
+  generator_fn = generator_fn_for(generator, gen.params)
+  z_dim = max(settings.z_dim, 1)
+
+  def one_draw(draw_key):
+    z = jax.random.normal(draw_key, (x.shape[0], z_dim))[:, :settings.z_dim]
+    x_advs, _ = learned.recursive_attack(generator_fn, logits_fn, x, labels, z,
+                                         gen.batch_stats, settings.options)
+    return jnp.argmax(logits_fn(x_advs[-1]), -1) == labels
+
+  correct = jax.lax.map(one_draw, jax.random.split(key, draws))
+  return jnp.all(correct, axis=0)

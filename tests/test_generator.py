@@ -1,0 +1,106 @@
+"""The U-Net generator of SPEC section 2."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from l2lda_jax.models.generator import ConditionalBatchNorm, Generator, conv_transpose_k4s2p1
+
+
+def _init(generator, n=4, hw=28, c=1, seed=0):
+  inputs = jax.random.normal(jax.random.PRNGKey(seed), (n, hw, hw, 3 * c))
+  z = jax.random.normal(jax.random.PRNGKey(seed + 1), (n, generator.z_dim))
+  labels = jnp.arange(n) % 10
+  variables = generator.init(jax.random.PRNGKey(seed + 2), inputs, z, labels)
+  return variables, inputs, z, labels
+
+
+@pytest.mark.parametrize('hw,c', [(28, 1), (32, 3)])
+def test_output_has_image_shape(hw, c):
+  generator = Generator(out_channels=c, width=8)
+  variables, inputs, z, labels = _init(generator, hw=hw, c=c)
+  out, _ = generator.apply(variables, inputs, z, labels, train=True, mutable=['batch_stats'])
+  assert out.shape == (4, hw, hw, c)
+
+
+def test_paper_width_layer_shapes_and_inits():
+  generator = Generator(out_channels=1)
+  variables, *_ = _init(generator)
+  p = variables['params']
+  # Input channels: 3C image channels + 8 tiled z features into every encoder conv.
+  assert p['down0']['kernel'].shape == (3, 3, 3 + 8, 64)
+  assert p['down1']['kernel'].shape == (4, 4, 64 + 8, 64)
+  assert p['down2']['kernel'].shape == (4, 4, 64 + 8, 128)
+  assert p['up2']['kernel'].shape == (4, 4, 128, 64)
+  assert p['up1']['kernel'].shape == (4, 4, 128, 64)
+  assert p['final']['kernel'].shape == (3, 3, 128, 1)
+  assert all('bias' not in p[name] for name in ('down0', 'down1', 'down2', 'up2', 'up1', 'final'))
+  assert np.std(p['down2']['kernel']) == pytest.approx(0.02, rel=0.05)
+  assert np.mean(p['up1_bn']['gamma_shared']) == pytest.approx(1.0, abs=0.01)
+  assert p['up1_bn']['gamma_class'].shape == (10, 64)
+  np.testing.assert_array_equal(p['up1_bn']['beta_class'], 0.0)
+
+
+def test_label_enters_only_through_conditional_batch_norm():
+  generator = Generator(out_channels=1, width=8)
+  variables, inputs, z, _ = _init(generator)
+  run = lambda v, labels: generator.apply(v, inputs, z, labels, train=True,
+                                          mutable=['batch_stats'])[0]
+  ones, sevens = jnp.ones(4, jnp.int32), jnp.full(4, 7, jnp.int32)
+  assert not np.allclose(run(variables, ones), run(variables, sevens))
+  # With the per-class tables zeroed, the label has no path left to the output.
+  zero_tables = jax.tree_util.tree_map_with_path(
+      lambda path, v: jnp.zeros_like(v) if 'class' in jax.tree_util.keystr(path) else v,
+      variables)
+  np.testing.assert_array_equal(run(zero_tables, ones), run(zero_tables, sevens))
+
+
+def test_plain_batch_norm_ablation_ignores_the_label():
+  generator = Generator(out_channels=1, width=8, num_classes=0)
+  variables, inputs, z, _ = _init(generator)
+  assert 'gamma_class' not in variables['params']['up1_bn']
+  run = lambda labels: generator.apply(variables, inputs, z, labels, train=True,
+                                       mutable=['batch_stats'])[0]
+  np.testing.assert_array_equal(run(jnp.zeros(4, jnp.int32)), run(jnp.ones(4, jnp.int32)))
+
+
+def test_conditional_bn_formula():
+  """BN without affine, then (g_shared + g[y]) * x_hat + (b_shared + b[y])."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 2, 2, 3)) * 3 + 1
+  labels = jnp.array([0, 1, 2, 0, 1, 2])
+  cbn = ConditionalBatchNorm(num_classes=3)
+  variables = cbn.init(jax.random.PRNGKey(1), x, labels, train=True)
+  p = variables['params']
+  p = dict(p, beta_class=jax.random.normal(jax.random.PRNGKey(2), (3, 3)))
+  out, _ = cbn.apply({'params': p, 'batch_stats': variables['batch_stats']}, x, labels,
+                     train=True, mutable=['batch_stats'])
+  mean, var = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2))
+  x_hat = (x - mean) / jnp.sqrt(var + 1e-10)
+  gamma = p['gamma_shared'] + p['gamma_class'][labels]
+  beta = p['beta_shared'] + p['beta_class'][labels]
+  np.testing.assert_allclose(out, x_hat * gamma[:, None, None] + beta[:, None, None],
+                             atol=1e-5)
+
+
+def _torch_conv_transpose(x, kernel, stride, padding):
+  """PyTorch ConvTranspose2d by its definition: out[i*s - p + k] += x[i] * w[k]."""
+  n, h, w, cin = x.shape
+  k, cout = kernel.shape[0], kernel.shape[-1]
+  full = np.zeros((n, (h - 1) * stride + k, (w - 1) * stride + k, cout))
+  for i in range(h):
+    for j in range(w):
+      full[:, i * stride:i * stride + k, j * stride:j * stride + k] += np.einsum(
+          'nc,abcd->nabd', x[:, i, j], kernel)
+  return full[:, padding:full.shape[1] - padding, padding:full.shape[2] - padding]
+
+
+def test_transposed_conv_has_pytorch_k4_s2_p1_semantics():
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 3)))
+  torch_kernel = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (4, 4, 3, 2)))
+  deconv = conv_transpose_k4s2p1(2)
+  # Flax convolves the dilated input without flipping the kernel: flip to compare.
+  ours = deconv.apply({'params': {'kernel': torch_kernel[::-1, ::-1]}}, x)
+  expected = _torch_conv_transpose(x, torch_kernel, 2, 1)
+  assert ours.shape == expected.shape == (2, 10, 10, 2)
+  np.testing.assert_allclose(ours, expected, atol=1e-4)

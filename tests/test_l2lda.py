@@ -1,0 +1,97 @@
+"""The L2L-DA game step (Algorithm 1) and the generator-method settings."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cifar10, mnist
+from l2lda_jax import l2lda, train
+from l2lda_jax.models import create_classifier
+
+
+def _leaves_changed(before, after):
+  return [not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
+                                                jax.tree_util.tree_leaves(after))]
+
+
+def _one_game_step(config, image_shape, batch=4):
+  model = create_classifier(config.model)
+  tx = train.make_optimizer(config.train)
+  state = train.create_train_state(config, model, tx, image_shape, 10)
+  _, game = train.make_train_steps(config, model, tx, 10, image_shape[-1])
+  images = jax.random.randint(jax.random.PRNGKey(0), (batch,) + image_shape, 0, 256,
+                              jnp.int32).astype(jnp.uint8)
+  labels = jnp.arange(batch) % 10
+  before = jax.tree_util.tree_map(np.asarray, state)
+  after, metrics = game(state, images, labels)
+  return before, after, metrics
+
+
+def test_one_compiled_step_updates_both_networks_and_their_bn_statistics():
+  config = cifar10.get_config('smoke')  # ResNet-20 has BN, unlike LeNet-5
+  config.method = 'l2lda'
+  before, after, metrics = _one_game_step(config, (32, 32, 3))
+  assert int(after.step) == 1
+  assert all(_leaves_changed(before.params, after.params))
+  assert all(_leaves_changed(before.batch_stats, after.batch_stats))
+  assert all(_leaves_changed(before.generator.params, after.generator.params))
+  assert all(_leaves_changed(before.generator.batch_stats, after.generator.batch_stats))
+  for name in ('loss', 'generator_objective', 'generator_grad_norm', 'diversity_last'):
+    assert np.isfinite(metrics[name]), name
+  assert float(metrics['generator_grad_norm']) > 0
+
+
+def test_l2l_star_is_one_shot_without_z_label_or_delta():
+  config = mnist.get_config('smoke')
+  config.method = 'l2l'
+  settings = l2lda.game_settings(config, 10)
+  assert settings.options.steps == 1 and not settings.options.use_delta
+  assert settings.options.step_size == pytest.approx(config.eps)
+  assert settings.options.normalize_grad == 'batch_max'
+  assert settings.z_dim == 0 and settings.num_classes == 0 and settings.draws == 1
+  before, after, metrics = _one_game_step(config, (28, 28, 1))
+  assert all(_leaves_changed(before.generator.params, after.generator.params))
+  assert 'diversity_last' not in metrics
+
+
+@pytest.mark.parametrize('override,check', [
+    ({'steps': 1}, lambda s: s.options.steps == 1),
+    ({'diversity_weight': 0.0}, lambda s: s.diversity_weight == 0.0),
+    ({'use_delta': False}, lambda s: not s.options.use_delta),
+    ({'use_label': False}, lambda s: s.num_classes == 0),
+    ({'normalize_grad': 'none'}, lambda s: s.options.normalize_grad == 'none'),
+])
+def test_table1_ablation_switches(override, check):
+  config = mnist.get_config('smoke')
+  config.generator.update(override)
+  settings = l2lda.game_settings(config, 10)
+  assert check(settings)
+  generator = l2lda.make_generator(settings, 1)
+  state = l2lda.init_generator_state(generator, l2lda.make_generator_optimizer(config),
+                                     settings, (28, 28, 1), 0)
+  channels = state.params['down0']['kernel'].shape[2]
+  assert channels == (3 if settings.options.use_delta else 2) + settings.z_dim
+
+
+def test_generator_objective_sums_ce_and_weighted_diversity():
+  config = mnist.get_config('smoke')
+  config.generator.diversity_weight = 0.5
+  settings = l2lda.game_settings(config, 10)
+  generator = l2lda.make_generator(settings, 1)
+  gen = l2lda.init_generator_state(generator, l2lda.make_generator_optimizer(config),
+                                   settings, (28, 28, 1), 0)
+  model = create_classifier('lenet5')
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  logits_fn = lambda v: model.apply(variables, v)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  x, y = jnp.concatenate([x, x]), jnp.tile(jnp.arange(4), 2)
+  z = l2lda.draw_latents(jax.random.PRNGKey(2), 4, settings)
+  value, (x_adv, _, ce, div) = l2lda.generator_objective(
+      gen.params, gen.batch_stats, generator=generator, logits_fn=logits_fn, x=x, labels=y,
+      z=z, settings=settings)
+  assert ce.shape == div.shape == (settings.options.steps,)
+  assert float(value) == pytest.approx(float(jnp.sum(ce) + 0.5 * jnp.sum(div)), rel=1e-6)
+  assert float(jnp.max(jnp.abs(x_adv - x))) <= config.eps + 1e-6
+  assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+  assert float(jnp.min(div)) > 0  # two draws of z give two different attacks
