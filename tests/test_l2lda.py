@@ -11,7 +11,7 @@ from l2lda_jax.models import create_classifier
 
 
 def _leaves_changed(before, after):
-  return [not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
+  return [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
                                                 jax.tree_util.tree_leaves(after))]
 
 
