@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from l2lda_jax import data as data_lib
+from l2lda_jax import optimizers
 from l2lda_jax.attacks import learned
 from l2lda_jax.attacks.losses import cross_entropy
 from l2lda_jax.models.generator import Generator
@@ -66,11 +67,9 @@ def generator_input_channels(settings: GameSettings, channels: int) -> int:
 
 
 def make_generator_optimizer(config) -> optax.GradientTransformation:
-  """SGD 0.9, weight decay, grad-norm clipping; constant lr (SPEC section 4)."""
+  """The generator's clipped SGD; its learning rate stays constant (SPEC section 4)."""
   g = config.generator
-  return optax.chain(optax.clip_by_global_norm(g.grad_clip_norm),
-                     optax.add_decayed_weights(g.weight_decay),
-                     optax.sgd(g.learning_rate, momentum=g.momentum))
+  return optimizers.clipped_sgd(g.learning_rate, g.momentum, g.weight_decay, g.grad_clip_norm)
 
 
 def init_generator_state(generator, gen_tx, settings, image_shape, seed) -> GeneratorState:
@@ -149,18 +148,9 @@ def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: 
   inputs = jnp.concatenate([x, x_adv])
   input_labels = jnp.concatenate([labels, y_rep])
 
-  def classifier_loss(params):
-    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                  inputs, train=True, mutable=['batch_stats'])
-    return jnp.mean(cross_entropy(logits, input_labels)), (logits, updates)
-
-  (loss, (logits, updates)), grads = jax.value_and_grad(classifier_loss, has_aux=True)(
-      state.params)
-  param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1,
-                            params=optax.apply_updates(state.params, param_updates),
-                            batch_stats=updates.get('batch_stats', state.batch_stats),
-                            opt_state=opt_state, generator=new_gen)
+  new_state, loss, logits, grads = optimizers.classifier_update(state, model, tx, inputs,
+                                                                input_labels)
+  new_state = new_state.replace(generator=new_gen)
   correct = jnp.argmax(logits, -1) == input_labels
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
              'generator_objective': gen_objective, 'generator_ce_last': ce[-1],

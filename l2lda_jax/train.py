@@ -25,6 +25,7 @@ from l2lda_jax import data as data_lib
 from l2lda_jax import defenses
 from l2lda_jax import evaluation
 from l2lda_jax import l2lda
+from l2lda_jax import optimizers
 from l2lda_jax import sharding
 from l2lda_jax.config_validation import ConfigError, validate_config
 from l2lda_jax.models import create_classifier
@@ -56,11 +57,9 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
-  """SGD with momentum; grad-norm clipping before weight decay (SPEC section 4)."""
-  return optax.chain(
-      optax.clip_by_global_norm(train_config.grad_clip_norm),
-      optax.add_decayed_weights(train_config.weight_decay),
-      optax.sgd(learning_rate_schedule(train_config), momentum=train_config.momentum))
+  """The classifier's clipped SGD with the step-decayed learning rate (SPEC section 4)."""
+  return optimizers.clipped_sgd(learning_rate_schedule(train_config), train_config.momentum,
+                                train_config.weight_decay, train_config.grad_clip_norm)
 
 
 def init_train_state(model, tx, image_shape, seed: int) -> TrainState:
@@ -120,10 +119,6 @@ def inference_apply(model):
 
 
 # ----------------------------------------------------------------------------- update step
-def cross_entropy_loss(logits, labels):
-  return jnp.mean(attacks.cross_entropy(logits, labels))
-
-
 def train_step(state: TrainState, images, labels, *, model, tx, adversary, data_config,
                include_clean_loss: bool, base_key):
   """One SGD step on clean (adversary None) or adversarial examples.
@@ -144,17 +139,8 @@ def train_step(state: TrainState, images, labels, *, model, tx, adversary, data_
     inputs = jnp.concatenate([x, x_adv]) if include_clean_loss else x_adv
     input_labels = jnp.concatenate([labels, labels]) if include_clean_loss else labels
 
-  def loss_fn(params):
-    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                  inputs, train=True, mutable=['batch_stats'])
-    return cross_entropy_loss(logits, input_labels), (logits, updates)
-
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1,
-                            params=optax.apply_updates(state.params, param_updates),
-                            batch_stats=updates.get('batch_stats', state.batch_stats),
-                            opt_state=opt_state)
+  new_state, loss, logits, grads = optimizers.classifier_update(state, model, tx, inputs,
+                                                                input_labels)
   correct = jnp.argmax(logits, -1) == input_labels
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
   if adversary is None:
