@@ -103,14 +103,10 @@ def load_classifier_from(state: TrainState, workdir: str) -> TrainState:
     theirs_shapes = jax.tree_util.tree_map(jnp.shape, theirs)
     if ours_shapes != theirs_shapes:
       raise ConfigError(f'config.init_from: the {name} in {workdir!r} do not match '
-                        f'config.model={state_model_name(ours)}')
+                        f'this run\'s classifier (config.model)')
   put = lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding)
   return state.replace(params=jax.tree_util.tree_map(put, params, state.params),
                        batch_stats=jax.tree_util.tree_map(put, batch_stats, state.batch_stats))
-
-
-def state_model_name(params) -> str:
-  return 'a model with layers ' + ', '.join(sorted(params))
 
 
 def inference_apply(model):
