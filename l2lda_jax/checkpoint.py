@@ -54,6 +54,41 @@ class Checkpoints:
         return manager.restore(step, args=ocp.args.StandardRestore())
     return None
 
+  def restore_named(self, which: str = 'best'):
+    """(raw state, step) for 'best' (falling back to 'latest' if there is none), 'latest' or
+    a step number kept in either slot; FileNotFoundError / ValueError name what is missing."""
+    which = str(which).strip().lower()
+    if which == 'best' and self.best.best_step() is None:
+      which = 'latest'
+    if which in ('best', 'latest'):
+      manager = self.best if which == 'best' else self.latest
+      step = manager.best_step() if which == 'best' else manager.latest_step()
+      if step is None:
+        raise FileNotFoundError(f'no checkpoint in {self.workdir}')
+    else:
+      if not which.isdigit():
+        raise ValueError(f'{which!r} is not best, latest or a step number')
+      step = int(which)
+      kept = {s: m for m in (self.latest, self.best) for s in m.all_steps()}
+      if step not in kept:
+        raise FileNotFoundError(f'no checkpoint of step {step} in {self.workdir} '
+                                f'(kept: {sorted(kept) or "none"})')
+      manager = kept[step]
+    return manager.restore(step, args=ocp.args.StandardRestore()), step
+
   def close(self):
     self.latest.close()
     self.best.close()
+
+
+def restore_directory(path: str):
+  """(raw state, step) from one saved step directory, e.g. WORKDIR/best/12000."""
+  path = os.path.abspath(path)
+  item = os.path.join(path, 'default')
+  if not os.path.isdir(item):
+    raise FileNotFoundError(f'--checkpoint_dir: {path} is not a checkpoint step directory '
+                            f'(expected {item})')
+  name = os.path.basename(path)
+  with ocp.StandardCheckpointer() as checkpointer:
+    raw = checkpointer.restore(item)
+  return raw, int(name) if name.isdigit() else -1

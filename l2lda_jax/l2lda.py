@@ -198,9 +198,9 @@ def finetune_generator(gen: GeneratorState, *, generator, gen_tx, settings: Game
   return gen, value
 
 
-def generator_attack_correct(gen: GeneratorState, *, generator, settings: GameSettings,
-                             logits_fn, x, labels, key, draws: int = 10) -> jax.Array:
-  """Per-example correctness under K z draws of the generator (broken if any draw breaks it).
+def generator_attack_examples(gen: GeneratorState, *, generator, settings: GameSettings,
+                              logits_fn, x, labels, key, draws: int = 10) -> jax.Array:
+  """x_adv_T for each of K z draws, shape (K,) + x.shape.
 
   The generator normalises with batch statistics, as it did in training; the stored
   statistics are not updated.
@@ -212,7 +212,16 @@ def generator_attack_correct(gen: GeneratorState, *, generator, settings: GameSe
     z = jax.random.normal(draw_key, (x.shape[0], z_dim))[:, :settings.z_dim]
     x_advs, _ = learned.recursive_attack(generator_fn, logits_fn, x, labels, z,
                                          gen.batch_stats, settings.options)
-    return jnp.argmax(logits_fn(x_advs[-1]), -1) == labels
+    return x_advs[-1]
 
-  correct = jax.lax.map(one_draw, jax.random.split(key, draws))
+  return jax.lax.map(one_draw, jax.random.split(key, draws))
+
+
+def generator_attack_correct(gen: GeneratorState, *, generator, settings: GameSettings,
+                             logits_fn, x, labels, key, draws: int = 10) -> jax.Array:
+  """Per-example correctness under K z draws of the generator (broken if any draw breaks it)."""
+  x_advs = generator_attack_examples(gen, generator=generator, settings=settings,
+                                     logits_fn=logits_fn, x=x, labels=labels, key=key,
+                                     draws=draws)
+  correct = jax.lax.map(lambda x_adv: jnp.argmax(logits_fn(x_adv), -1) == labels, x_advs)
   return jnp.all(correct, axis=0)

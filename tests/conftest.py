@@ -34,3 +34,34 @@ def tiny_mnist_config():
   config.generator.width = 8
   config.generator.steps = 2
   return config
+
+
+def learnable_mnist_mock(num_examples: int = 256):
+  """tfds.testing.mock_data yielding a learnable MNIST stand-in (same for every split).
+
+  Each image is dim noise plus a bright 8x8 block whose place on a 4x3 grid is the
+  label, so a LeNet-5 learns it in a few dozen steps and attacks have something to
+  break; plain mock data is random labels that a short run cannot fit.
+  """
+  import numpy as np
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  def examples():
+    rng = np.random.default_rng(0)
+    for i in range(num_examples):
+      label = i % 10
+      image = rng.integers(0, 60, (28, 28, 1), dtype=np.uint8)
+      row, col = divmod(label, 3)
+      image[1 + 7 * row:7 + 7 * row, 2 + 9 * col:8 + 9 * col] = 255
+      yield {'image': image, 'label': label}
+
+  def as_dataset(self, *args, **kwargs):
+    del args
+    dataset = tf.data.Dataset.from_generator(
+        examples, output_types=self.info.features.dtype,
+        output_shapes=self.info.features.shape)
+    batch_size = kwargs.get('batch_size')
+    return dataset.batch(batch_size) if batch_size else dataset
+
+  return tfds.testing.mock_data(as_dataset_fn=as_dataset)

@@ -4,8 +4,14 @@ The model is a closure (`logits_fn: images -> logits`), so attacks never import
 models or training code and the evaluation suite can reuse them as they are.
 """
 
-from l2lda_jax.attacks.gradient import cw, fgsm, pgd
-from l2lda_jax.attacks.losses import cross_entropy, margin
-from l2lda_jax.attacks.projection import project_linf
+from l2lda_jax.attacks.gradient import (Best, cw, fgsm, keep_better, mi_fgsm, no_best, pgd,
+                                        restart_keys)
+from l2lda_jax.attacks.losses import (LOSSES, attack_objective, cross_entropy, margin,
+                                      targeted_cross_entropy, targeted_margin)
+from l2lda_jax.attacks.projection import project_linf, random_start
 
-__all__ = ['cross_entropy', 'cw', 'fgsm', 'margin', 'pgd', 'project_linf']
+__all__ = [
+    'Best', 'LOSSES', 'attack_objective', 'cross_entropy', 'cw', 'fgsm', 'keep_better',
+    'margin', 'mi_fgsm', 'no_best', 'pgd', 'project_linf', 'random_start', 'restart_keys',
+    'targeted_cross_entropy', 'targeted_margin',
+]

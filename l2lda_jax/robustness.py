@@ -1,0 +1,430 @@
+"""The robustness report behind `evaluate.py`: every attack on one checkpoint, one table.
+
+Reads top to bottom: restore the classifier -> build each named attack -> run it over
+the test set, keeping per-example correctness -> accuracy per attack, the paper's "Min"
+and the per-example worst case (SPEC section 6) -> markdown table and JSON.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+import zlib
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from l2lda_jax import attacks
+from l2lda_jax import checkpoint as checkpoint_lib
+from l2lda_jax import data as data_lib
+from l2lda_jax import l2lda
+from l2lda_jax import sanity
+from l2lda_jax import sharding
+from l2lda_jax.attack_specs import AttackSpec, parse_attack, pgd_step_size
+from l2lda_jax.models import create_classifier
+
+
+class EvaluationError(RuntimeError):
+  """Bad evaluate.py input (a missing run, checkpoint or surrogate); one line, no traceback."""
+
+
+@dataclasses.dataclass
+class EvalOptions:
+  """What evaluate.py was asked for (its flags, parsed)."""
+  workdir: str
+  attacks: Sequence[AttackSpec]
+  checkpoint: str = 'best'  # best | latest | a step number
+  checkpoint_dir: str = ''  # one orbax step directory, instead of workdir's managers
+  eps: Optional[float] = None  # None: the run's config.eps
+  num_examples: int = 0  # 0: the whole test set
+  batch_size: int = 500
+  seed: int = 0
+  pgd_step_size: Optional[float] = None  # None: attack_specs.pgd_step_size
+  surrogates: Sequence[str] = ()
+  transfer_attack: str = 'pgd40'
+  generator_steps: int = 1000  # fine-tuning / training steps of the generator attacks
+  generator_batch_size: int = 100
+  generator_draws: int = 10
+  generator_unroll_steps: int = 10  # T of the fine-tuned L2L-DA attack (SPEC section 6)
+  checks: bool = False
+  check_examples: int = 1000
+  check_pgd_steps: int = 20  # PGD-k vs PGD-2k in the convergence check
+  large_eps: float = 0.5  # accuracy there must be at most 10% (SPEC: 0.5 on MNIST)
+  progress: bool = True
+
+
+def validate_options(options: EvalOptions) -> None:
+  """One EvaluationError naming the flag, before anything is loaded or compiled."""
+  if not options.workdir or not os.path.isdir(options.workdir):
+    raise EvaluationError(f'--workdir: {options.workdir!r} is not a directory')
+  if options.eps is not None and not 0.0 <= options.eps <= 1.0:
+    raise EvaluationError(f'--eps: {options.eps} is outside [0, 1]')
+  positive = {'batch_size': options.batch_size, 'generator_draws': options.generator_draws,
+              'generator_unroll_steps': options.generator_unroll_steps,
+              'generator_batch_size': options.generator_batch_size}
+  non_negative = {'num_examples': options.num_examples,
+                  'generator_steps': options.generator_steps,
+                  'check_examples': options.check_examples}
+  for name, value in positive.items():
+    if value < 1:
+      raise EvaluationError(f'--{name}: must be at least 1, got {value}')
+  for name, value in non_negative.items():
+    if value < 0:
+      raise EvaluationError(f'--{name}: must be at least 0, got {value}')
+  if options.pgd_step_size is not None and options.pgd_step_size <= 0:
+    raise EvaluationError(f'--pgd_step_size: must be positive, got {options.pgd_step_size}')
+  checkpoint = str(options.checkpoint).lower()
+  if checkpoint not in ('best', 'latest') and not checkpoint.isdigit():
+    raise EvaluationError(f'--checkpoint: {options.checkpoint!r} is not best, latest or a step')
+  for directory in options.surrogates:
+    if not os.path.isdir(directory):
+      raise EvaluationError(f'--surrogates: {directory!r} is not a directory')
+
+
+@dataclasses.dataclass
+class Classifier:
+  """A restored classifier: what every attack needs."""
+  config: ml_collections.ConfigDict
+  apply_fn: Callable  # (variables, x) -> logits, inference mode
+  variables: dict
+  step: int
+  generator: Optional[dict] = None  # the raw generator state of an l2lda / l2l run
+
+
+# ----------------------------------------------------------------------------- restore
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The training config a workdir recorded (config.json)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise EvaluationError(f'--workdir: no training run in {workdir!r} (missing {path})')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  # The data may live elsewhere on this machine than where the run was trained.
+  if os.environ.get('L2LDA_MANUAL_DIR'):
+    config.data.manual_dir = os.environ['L2LDA_MANUAL_DIR']
+  return config
+
+
+def restore_classifier(workdir: str, checkpoint: str = 'best',
+                       checkpoint_dir: str = '') -> Classifier:
+  """The classifier (and generator, if any) of `workdir` at best | latest | STEP."""
+  config = load_run_config(workdir)
+  if checkpoint_dir:
+    try:
+      raw, step = checkpoint_lib.restore_directory(checkpoint_dir)
+    except FileNotFoundError as e:
+      raise EvaluationError(str(e)) from None
+  else:
+    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=1)
+    try:
+      raw, step = checkpoints.restore_named(checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+      raise EvaluationError(f'--checkpoint: {e}') from None
+    finally:
+      checkpoints.close()
+  model = create_classifier(config.model, _num_classes(config))
+  variables = {'params': raw['params'], 'batch_stats': raw.get('batch_stats') or {}}
+  apply_fn = lambda v, x: model.apply(v, x, train=False)
+  return Classifier(config, apply_fn, variables, step, raw.get('generator'))
+
+
+def _num_classes(config) -> int:
+  return 10  # MNIST and CIFAR-10
+
+
+# ----------------------------------------------------------------------------- attacks
+def gradient_attack(spec: AttackSpec, eps: float, step_size: Optional[float] = None):
+  """(logits_fn, x, y, key) -> x_adv for fgsm / pgd<k>[x<r>] / cw<k> / mifgsm<k>.
+
+  Every iterative attack keeps its best iterate per example (the first misclassified
+  one, else the highest loss): evaluation reports the strongest point it visited.
+  """
+  if spec.kind == 'fgsm':
+    return functools.partial(attacks.fgsm, eps=eps)
+  if spec.kind == 'pgd':
+    size = step_size if step_size is not None else pgd_step_size(eps, spec.steps)
+    return functools.partial(attacks.pgd, eps=eps, steps=spec.steps, step_size=size,
+                             restarts=spec.restarts, best_iterate=True)
+  if spec.kind == 'cw':
+    return functools.partial(attacks.cw, eps=eps, steps=spec.steps, best_iterate=True)
+  if spec.kind == 'mifgsm':
+    return functools.partial(attacks.mi_fgsm, eps=eps, steps=spec.steps, best_iterate=True)
+  raise ValueError(f'not a gradient attack: {spec.name}')
+
+
+def make_batch_eval(apply_fn, attack):
+  """Jitted (variables, x, y, key) -> (correct, Linf distance, box violation) per example."""
+
+  def run(variables, x, y, key):
+    logits_fn = functools.partial(apply_fn, variables)
+    x_adv = x if attack is None else attack(logits_fn, x, y, key)
+    correct = jnp.argmax(logits_fn(x_adv), -1) == y
+    return correct, *_violations(x, x_adv)
+
+  return jax.jit(run)
+
+
+def run_batched(batch_fn, variables, split: data_lib.Split, batch_size: int, key,
+                desc: str, progress: bool) -> dict:
+  """`batch_fn` over the split in fixed-shape batches (last one padded), with a progress bar.
+
+  Returns per-example numpy arrays for each output of batch_fn.
+  """
+  mesh = sharding.make_data_mesh()
+  outputs = []
+  starts = range(0, len(split), batch_size)
+  for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+    images = split.images[start:start + batch_size]
+    labels = split.labels[start:start + batch_size]
+    n = len(labels)
+    if n < batch_size:
+      images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, 0)])
+      labels = np.concatenate([labels, np.repeat(labels[-1:], batch_size - n, 0)])
+    x, y = sharding.shard_batch(mesh, data_lib.to_float(images), labels)
+    out = batch_fn(variables, x, y, jax.random.fold_in(key, start))
+    outputs.append([np.asarray(o)[:n] for o in out])
+  return [np.concatenate(parts) for parts in zip(*outputs)]
+
+
+def transfer_batch_eval(target_apply, surrogate: Classifier, attack):
+  """Jitted batch eval of a black-box transfer attack (paper Table 3).
+
+  The attack sees only the surrogate; the target only classifies what it made.
+  """
+  surrogate_logits = functools.partial(surrogate.apply_fn, surrogate.variables)
+
+  def run(variables, x, y, key):
+    x_adv = attack(surrogate_logits, x, y, key)
+    correct = jnp.argmax(target_apply(variables, x_adv), -1) == y
+    return correct, *_violations(x, x_adv)
+
+  return jax.jit(run)
+
+
+def _violations(x, x_adv):
+  """Per-example Linf distance to x and the largest step outside [0, 1]."""
+  axes = tuple(range(1, x.ndim))
+  linf = jnp.max(jnp.abs(x_adv - x), axis=axes)
+  box = jnp.max(jnp.maximum(x_adv - 1.0, 0.0) + jnp.maximum(-x_adv, 0.0), axis=axes)
+  return linf, box
+
+
+# ----------------------------------------------------------------------------- generator attacks
+def generator_config(classifier: Classifier, kind: str, unroll_steps: int):
+  """The run's generator config for an l2lda / l2l attack, with T for the evaluation."""
+  config = classifier.config.copy_and_resolve_references()
+  config.method = kind
+  if kind == 'l2lda':
+    config.generator.steps = unroll_steps
+  return config
+
+
+def _load_generator_weights(gen: l2lda.GeneratorState, raw: Optional[dict]):
+  """The trained generator's params and BN statistics when they fit, else `gen` unchanged."""
+  if not raw:
+    return gen, False
+  shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
+  try:
+    same = (shapes(raw['params']) == shapes(gen.params)
+            and shapes(raw['batch_stats']) == shapes(gen.batch_stats))
+  except (KeyError, TypeError):
+    same = False
+  if not same:
+    return gen, False
+  cast = lambda new, old: jnp.asarray(new, old.dtype)
+  return gen.replace(params=jax.tree_util.tree_map(cast, raw['params'], gen.params),
+                     batch_stats=jax.tree_util.tree_map(cast, raw['batch_stats'],
+                                                        gen.batch_stats)), True
+
+
+def fit_learned_attack(kind: str, classifier: Classifier, train: data_lib.Split,
+                       options: EvalOptions, eps: float, key, log=print):
+  """The L2L-DA (or L2L*) white-box attack of Table 2: fine-tune against the frozen model.
+
+  Starts from the run's own generator when it was trained with the same method and
+  shapes, else from a fresh one. Returns a jitted batch eval over K z draws (an
+  image counts as broken if any draw breaks it).
+  """
+  config = generator_config(classifier, kind, options.generator_unroll_steps)
+  config.eps = eps
+  if kind == 'l2lda':
+    config.generator.step_size = eps / 4
+  settings = l2lda.game_settings(config, _num_classes(config))
+  channels = train.images.shape[-1]
+  generator = l2lda.make_generator(settings, channels)
+  gen_tx = l2lda.make_generator_optimizer(config)
+  gen = l2lda.init_generator_state(generator, gen_tx, settings, train.images.shape[1:],
+                                   options.seed)
+  own = classifier.generator if classifier.config.method == kind else None
+  gen, loaded = _load_generator_weights(gen, own)
+  origin = "fine-tuning the run's generator" if loaded else 'training a fresh generator'
+  log(f'{kind}: {origin} for {options.generator_steps} steps against the frozen classifier')
+  logits_fn = functools.partial(classifier.apply_fn, classifier.variables)
+  start = time.time()
+  gen, objective = l2lda.finetune_generator(
+      gen, generator=generator, gen_tx=gen_tx, settings=settings, logits_fn=logits_fn,
+      images=data_lib.to_float(jnp.asarray(train.images)), labels=jnp.asarray(train.labels),
+      steps=options.generator_steps, batch_size=options.generator_batch_size, key=key)
+  log(f'{kind}: generator objective {float(objective):.4f} after '
+      f'{time.time() - start:.0f} s')
+
+  def run(variables, x, y, draw_key):
+    target_logits = functools.partial(classifier.apply_fn, variables)
+    x_advs = l2lda.generator_attack_examples(
+        gen, generator=generator, settings=settings, logits_fn=target_logits, x=x,
+        labels=y, key=draw_key, draws=options.generator_draws)
+    correct = jax.lax.map(lambda x_adv: jnp.argmax(target_logits(x_adv), -1) == y, x_advs)
+    linf, box = jax.vmap(lambda x_adv: _violations(x, x_adv))(x_advs)
+    return jnp.all(correct, axis=0), jnp.max(linf, axis=0), jnp.max(box, axis=0)
+
+  return jax.jit(run)
+
+
+# ----------------------------------------------------------------------------- summary
+def summarize(rows: list[dict], correct_by_attack: dict[str, np.ndarray]) -> dict:
+  """The paper's "Min" over attacks and the per-example worst case (SPEC section 6).
+
+  Worst case: an image is robust only if it is classified correctly clean and under
+  every attack run, which is never above "Min".
+  """
+  attacked = [r for r in rows if r['attack'] != 'clean']
+  worst = np.logical_and.reduce(list(correct_by_attack.values()))
+  return {
+      'min_accuracy': min((r['accuracy'] for r in attacked), default=None),
+      'min_attack': min(attacked, key=lambda r: r['accuracy'])['attack'] if attacked else None,
+      'worst_case_accuracy': float(np.mean(worst)),
+  }
+
+
+def markdown_table(report: dict) -> str:
+  lines = ['| attack | accuracy % | wall s |', '|---|---|---|']
+  for r in report['rows']:
+    lines.append(f"| {r['attack']} | {100 * r['accuracy']:.2f} | {r['seconds']:.1f} |")
+  if report['min_accuracy'] is not None:
+    lines.append(f"| **Min** (lowest single attack: {report['min_attack']}) | "
+                 f"{100 * report['min_accuracy']:.2f} | |")
+  lines.append(f"| **per-example worst case** (all {len(report['rows'])} rows) | "
+               f"{100 * report['worst_case_accuracy']:.2f} | |")
+  return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------- the report
+def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
+                     options: EvalOptions, eps: float, base_key, log):
+  """[(row name, jitted batch eval, key)] for one spec (transfer: one per surrogate).
+
+  A transfer row uses the key of its white-box attack, so a surrogate identical to
+  the target reproduces the white-box row exactly.
+  """
+  key = attack_key(base_key, spec)
+  if spec.kind == 'clean':
+    return [(spec.name, make_batch_eval(classifier.apply_fn, None), key)]
+  if spec.kind in ('fgsm', 'pgd', 'cw', 'mifgsm'):
+    attack = gradient_attack(spec, eps, options.pgd_step_size)
+    return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
+  if spec.kind in ('l2lda', 'l2l'):
+    return [(spec.name, fit_learned_attack(spec.kind, classifier, dataset.train, options, eps,
+                                           key, log), key)]
+  if spec.kind in ('advgan', 'gap'):
+    return [(spec.name, fit_generative_attack(spec.kind, classifier, dataset.train, options,
+                                              eps, key, log), key)]
+  if spec.kind == 'transfer':
+    if not options.surrogates:
+      raise EvaluationError('--attacks=transfer needs --surrogates=DIR1,DIR2,...')
+    transfer_spec = parse_attack(options.transfer_attack)
+    if transfer_spec.kind not in ('fgsm', 'pgd', 'cw', 'mifgsm'):
+      raise EvaluationError(f'--transfer_attack: {transfer_spec.name!r} is not a gradient attack')
+    attack = gradient_attack(transfer_spec, eps, options.pgd_step_size)
+    evals = []
+    for directory in options.surrogates:
+      surrogate = restore_classifier(directory, 'best')
+      name = f'transfer {transfer_spec.name} from {os.path.basename(os.path.normpath(directory))}'
+      evals.append((name, transfer_batch_eval(classifier.apply_fn, surrogate, attack),
+                    attack_key(base_key, transfer_spec)))
+    return evals
+  raise EvaluationError(f'--attacks: {spec.name!r} is not supported')
+
+
+def fit_generative_attack(kind: str, classifier: Classifier, train: data_lib.Split,
+                          options: EvalOptions, eps: float, key, log=print):
+  """AdvGAN / GAP trained against the frozen classifier with configs/<kind>.py's recipe."""
+  from l2lda_jax import generative_attacks
+  attack_config = generative_attacks.default_config(kind)
+  logits_fn = functools.partial(classifier.apply_fn, classifier.variables)
+  fitted = generative_attacks.train_generative_attack(
+      kind, attack_config, logits_fn, data_lib.to_float(train.images), train.labels, eps=eps,
+      key=key, log_fn=log)
+  return make_batch_eval(classifier.apply_fn, fitted.attack)
+
+
+def attack_key(base_key, spec: AttackSpec):
+  """A key from the attack's name, not its position: adding an attack changes no other row."""
+  return jax.random.fold_in(base_key, zlib.crc32(spec.name.encode()) & 0x7FFFFFFF)
+
+
+def evaluate(options: EvalOptions, log=print) -> dict:
+  """Runs every attack of `options` on the restored classifier; returns the report."""
+  classifier = restore_classifier(options.workdir, options.checkpoint, options.checkpoint_dir)
+  config = classifier.config
+  eps = config.eps if options.eps is None else options.eps
+  if not 0.0 <= eps <= 1.0:
+    raise EvaluationError(f'--eps: {eps} is outside [0, 1]')
+  dataset = data_lib.load_dataset(config.data)
+  test = dataset.test.take(options.num_examples) if options.num_examples else dataset.test
+  base_key = jax.random.PRNGKey(options.seed)
+  rows, correct_by_attack = [], {}
+  for spec in options.attacks:
+    setup_start = time.time()
+    for name, batch_eval, key in _batch_evals_for(spec, classifier, dataset, options, eps,
+                                                  base_key, log):
+      start = time.time()
+      correct, linf, box = run_batched(batch_eval, classifier.variables, test,
+                                       options.batch_size, key, name, options.progress)
+      seconds = time.time() - start
+      rows.append({'attack': name, 'accuracy': float(np.mean(correct)), 'seconds': seconds,
+                   'setup_seconds': start - setup_start, 'max_linf': float(np.max(linf)),
+                   'max_box_violation': float(np.max(box))})
+      correct_by_attack[name] = correct
+      log(f'{name}: {100 * rows[-1]["accuracy"]:.2f}% ({seconds:.1f} s)')
+      setup_start = time.time()
+  report = {
+      'workdir': os.path.abspath(options.workdir), 'checkpoint_step': classifier.step,
+      'method': config.method, 'dataset': dataset.name, 'lossy_data': dataset.lossy,
+      'eps': eps, 'num_examples': len(test), 'seed': options.seed,
+      'platform': jax.devices()[0].platform, 'device_count': jax.device_count(),
+      'date': time.strftime('%Y-%m-%d'), 'rows': rows,
+  }
+  if dataset.lossy:
+    report['note'] = data_lib.LOSSY_NOTE
+  report.update(summarize(rows, correct_by_attack))
+  report['table'] = markdown_table(report)
+  if options.checks:
+    checks = sanity_checks(classifier, test, rows, options, eps, base_key, log)
+    report['checks'] = [dataclasses.asdict(c) for c in checks]
+    report['checks_text'] = [sanity.format_check(c) for c in checks]
+    report['checks_passed'] = all(c.passed for c in checks)
+  return report
+
+
+def sanity_checks(classifier: Classifier, test: data_lib.Split, rows: list[dict],
+                  options: EvalOptions, eps: float, base_key, log) -> list:
+  """l2lda_jax.sanity's checks on the first check_examples test images, plus the
+  threat-model check over every example of every attack row above."""
+  subset = test.take(options.check_examples) if options.check_examples else test
+  logits_fn = jax.jit(functools.partial(classifier.apply_fn, classifier.variables))
+  start = time.time()
+  checks = sanity.run_checks(
+      logits_fn, np.asarray(data_lib.to_float(subset.images)), subset.labels,
+      jax.random.fold_in(base_key, zlib.crc32(b'checks') & 0x7FFFFFFF), eps=eps,
+      large_eps=options.large_eps, pgd_steps=options.check_pgd_steps,
+      batch_size=options.batch_size)
+  worst = {r['attack']: max(r['max_linf'] - eps, r['max_box_violation']) for r in rows}
+  whole_run = dataclasses.replace(sanity.perturbation_result(worst),
+                                  name='evaluated_attacks_in_threat_model')
+  log(f'sanity checks on {len(subset)} examples: {time.time() - start:.0f} s')
+  return checks + [whole_run]

@@ -1,0 +1,181 @@
+"""evaluate.py and l2lda_jax.robustness on tiny runs over mock data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import learnable_mnist_mock
+
+from l2lda_jax import robustness, train
+from l2lda_jax.attack_specs import AttackNameError, AttackSpec, parse_attacks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = 0.3
+
+
+# ----------------------------------------------------------------------------- the name parser
+def test_parse_attacks_reads_every_kind_of_name():
+  specs = parse_attacks('clean, fgsm,pgd100,PGD100x10,cw1000,mifgsm20,l2lda,l2l,advgan,gap,transfer')
+  assert specs[2] == AttackSpec('pgd100', 'pgd', 100, 1)
+  assert specs[3] == AttackSpec('pgd100x10', 'pgd', 100, 10)
+  assert specs[4] == AttackSpec('cw1000', 'cw', 1000, 1)
+  assert specs[5] == AttackSpec('mifgsm20', 'mifgsm', 20, 1)
+  assert [s.kind for s in specs[6:]] == ['l2lda', 'l2l', 'advgan', 'gap', 'transfer']
+
+
+@pytest.mark.parametrize('text, message', [
+    ('pgd', 'unknown attack'), ('bim10', 'unknown attack'), ('pgd10x', 'unknown attack'),
+    ('pgd0', 'at least one step'), ('pgd10x0', 'at least one restart'),
+    ('cw100x3', 'only for pgd'), ('pgd10,pgd10', 'listed twice'), (' , ', 'no attack'),
+])
+def test_parse_attacks_rejects_bad_names_with_one_clear_message(text, message):
+  with pytest.raises(AttackNameError, match=message) as error:
+    parse_attacks(text)
+  assert str(error.value).startswith('--attacks:')
+
+
+# ----------------------------------------------------------------------------- end to end
+def _tiny_config(method):
+  from configs import mnist
+  config = mnist.get_config('smoke')
+  config.method = method
+  config.data.manual_dir = ''
+  config.data.validation_size = 32
+  config.train.steps = 60
+  config.train.batch_size = 16
+  config.train.clean_warmup_steps = 2
+  config.train.lr_decay_steps = (50,)
+  config.train.learning_rate = 0.05
+  config.attack.pgd_steps = 2
+  config.eval.every_steps = 30
+  config.eval.num_examples = 32
+  config.eval.batch_size = 32
+  config.eval.pgd_steps = 2
+  config.test.num_examples = 32
+  config.test.batch_size = 32
+  config.test.pgd_steps = 2
+  config.checkpoint.every_steps = 30
+  config.generator.width = 8
+  config.generator.steps = 2
+  return config
+
+
+@pytest.fixture(scope='module')
+def plain_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('plain')
+  with learnable_mnist_mock():
+    train.train_and_evaluate(_tiny_config('plain'), str(workdir))
+  return str(workdir)
+
+
+def _evaluate(workdir, attacks, **overrides):
+  overrides.setdefault('checkpoint', 'latest')
+  options = robustness.EvalOptions(workdir=workdir, attacks=parse_attacks(attacks),
+                                   num_examples=48, batch_size=16, progress=False,
+                                   **overrides)
+  robustness.validate_options(options)
+  with learnable_mnist_mock():
+    return robustness.evaluate(options, log=lambda *_: None)
+
+
+def test_report_rows_bounds_min_and_worst_case(plain_run):
+  report = _evaluate(plain_run, 'clean,fgsm,pgd5,pgd5x3,cw5,mifgsm5')
+  rows = {r['attack']: r for r in report['rows']}
+  assert list(rows) == ['clean', 'fgsm', 'pgd5', 'pgd5x3', 'cw5', 'mifgsm5']
+  assert report['num_examples'] == 48 and report['eps'] == pytest.approx(EPS)
+  for row in report['rows']:
+    assert row['max_linf'] <= EPS + 1e-6
+    assert row['max_box_violation'] == 0.0
+  attacked = [r['accuracy'] for r in report['rows'] if r['attack'] != 'clean']
+  assert report['min_accuracy'] == min(attacked)
+  assert report['worst_case_accuracy'] <= report['min_accuracy']
+  # The model learnt the block-position task, and eps = 0.3 attacks break it.
+  assert rows['clean']['accuracy'] > 0.5
+  assert rows['pgd5']['accuracy'] < rows['clean']['accuracy']
+  assert rows['pgd5x3']['accuracy'] <= rows['pgd5']['accuracy']
+  assert '| **per-example worst case**' in report['table']
+
+
+def test_eps_zero_attacks_give_exactly_the_clean_accuracy(plain_run):
+  report = _evaluate(plain_run, 'clean,fgsm,pgd3,cw3', eps=0.0)
+  accuracies = {r['attack']: r['accuracy'] for r in report['rows']}
+  assert len(set(accuracies.values())) == 1, accuracies
+  assert all(r['max_linf'] == 0.0 for r in report['rows'])
+
+
+def test_transfer_from_the_target_itself_equals_the_white_box_attack(plain_run):
+  report = _evaluate(plain_run, 'pgd4,transfer', surrogates=[plain_run], transfer_attack='pgd4')
+  white_box, transfer = report['rows']
+  assert transfer['attack'].startswith('transfer pgd4 from ')
+  assert transfer['accuracy'] == white_box['accuracy']
+
+
+def test_checkpoint_selection_and_its_errors(plain_run):
+  assert _evaluate(plain_run, 'clean', checkpoint='latest')['checkpoint_step'] == 60
+  assert _evaluate(plain_run, 'clean', checkpoint='30')['checkpoint_step'] == 30
+  with pytest.raises(robustness.EvaluationError, match='no checkpoint of step 7'):
+    _evaluate(plain_run, 'clean', checkpoint='7')
+  direct = _evaluate(plain_run, 'clean',
+                     checkpoint_dir=os.path.join(plain_run, 'checkpoints', '30'))
+  assert direct['checkpoint_step'] == 30
+  assert direct['rows'][0]['accuracy'] == _evaluate(
+      plain_run, 'clean', checkpoint='30')['rows'][0]['accuracy']
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'eps': 1.5}, '--eps'), ({'batch_size': 0}, '--batch_size'),
+    ({'checkpoint': 'newest'}, '--checkpoint'), ({'surrogates': ['/nonexistent']}, '--surrogates'),
+])
+def test_bad_options_name_their_flag(plain_run, overrides, message):
+  options = robustness.EvalOptions(workdir=plain_run, attacks=parse_attacks('clean'),
+                                   **overrides)
+  with pytest.raises(robustness.EvaluationError, match=message):
+    robustness.validate_options(options)
+
+
+def test_cli_prints_one_error_line_for_a_missing_run_and_an_unknown_attack(tmp_path):
+  for args, message in ((['--workdir', str(tmp_path / 'nothing')], 'error: --workdir'),
+                        (['--workdir', str(tmp_path), '--attacks=pgd'], 'error: --attacks')):
+    result = subprocess.run([sys.executable, 'evaluate.py', *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def test_cli_writes_the_table_and_json(plain_run, tmp_path):
+  output = tmp_path / 'report.json'
+  env = dict(os.environ)
+  result = subprocess.run(
+      [sys.executable, '-c',
+       'import sys; sys.path.insert(0, "tests"); sys.argv = sys.argv[1:]\n'
+       'from conftest import learnable_mnist_mock\n'
+       'with learnable_mnist_mock():\n'
+       '  from absl import app; import evaluate; app.run(evaluate.main)',
+       'evaluate.py', f'--workdir={plain_run}', '--attacks=clean,fgsm', '--num_examples=32',
+       '--batch_size=16', f'--output={output}', '--noprogress'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert '| fgsm |' in result.stdout
+  with open(output) as f:
+    saved = json.load(f)
+  assert [r['attack'] for r in saved['rows']] == ['clean', 'fgsm']
+  assert saved['command'].startswith('python evaluate.py')
+
+
+def test_checks_run_after_the_attacks_and_report_pass_or_fail(plain_run):
+  report = _evaluate(plain_run, 'clean,pgd3', checks=True, check_examples=32,
+                     check_pgd_steps=2)
+  by_name = {c['name']: c for c in report['checks']}
+  assert by_name['evaluated_attacks_in_threat_model']['passed']
+  assert by_name['perturbations_in_threat_model']['passed']
+  assert by_name['forward_deterministic']['passed']
+  assert by_name['outputs_are_logits']['passed']
+  assert len(report['checks_text']) == len(report['checks'])
+  assert all(line.startswith(('pass ', 'FAIL ')) for line in report['checks_text'])
+  assert report['checks_passed'] == all(c['passed'] for c in report['checks'])
