@@ -68,6 +68,14 @@ def base_config() -> ml_collections.ConfigDict:
   # XLA:CPU runs a rolled scan over the generator's convolutions ~14x slower.
   config.generator.unroll = True
 
+  # Overrides of config.train for l2lda / l2l runs only, so one CPU config gives both a
+  # gradient-method run and a game run of about the same wall time (a game step costs
+  # several PGD steps). 0 or () keeps config.train's value.
+  config.l2lda_run = ml_collections.ConfigDict()
+  config.l2lda_run.steps = 0
+  config.l2lda_run.batch_size = 0
+  config.l2lda_run.lr_decay_steps = ()
+
   # Model selection on the validation split (never the test set).
   config.eval = ml_collections.ConfigDict()
   config.eval.every_steps = 5000

@@ -227,8 +227,30 @@ def _fetch_and_check(pending: list, last_good_step: int | None, workdir: str) ->
 
 
 # ----------------------------------------------------------------------------- the run
+def resolve_run_length(config):
+  """config with config.l2lda_run's non-zero fields copied into config.train for l2lda / l2l.
+
+  One config file can then give a gradient-method run and a game run of similar wall
+  time. The returned config (written to config.json) holds the values actually used.
+  """
+  overrides = config.get('l2lda_run')
+  if config.method not in GENERATOR_METHODS or not overrides:
+    return config
+  for field in ('steps', 'batch_size'):
+    if not isinstance(overrides[field], int) or overrides[field] < 0:
+      raise ConfigError(f'config.l2lda_run.{field}: {overrides[field]!r} must be an integer '
+                        '>= 0 (0 keeps config.train\'s)')
+  config = config.copy_and_resolve_references()
+  for field in ('steps', 'batch_size', 'lr_decay_steps'):
+    value = overrides[field]
+    if value:
+      config.train[field] = value
+  return config
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) in `workdir`, then reports test accuracy; returns the report."""
+  config = resolve_run_length(config)
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   dataset = data_lib.load_dataset(config.data)

@@ -54,3 +54,19 @@ def test_cli_rejects_bad_config_with_one_line(tmp_path):
   assert 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
       'error: config.eps must be in [0, 1], got -0.1')
+
+
+def test_l2lda_run_overrides_apply_to_game_methods_only():
+  from configs import mnist
+  from l2lda_jax import train
+  config = mnist.get_config('cpu')
+  game = train.resolve_run_length(config)
+  assert (game.train.steps, game.train.batch_size) == (config.l2lda_run.steps,
+                                                       config.l2lda_run.batch_size)
+  assert tuple(game.train.lr_decay_steps) == tuple(config.l2lda_run.lr_decay_steps)
+  config.method = 'pgd'
+  assert train.resolve_run_length(config).train.steps == config.train.steps != game.train.steps
+  config.method = 'l2lda'
+  config.l2lda_run.steps = -5
+  with pytest.raises(ConfigError, match='l2lda_run.steps'):
+    train.resolve_run_length(config)

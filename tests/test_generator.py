@@ -1,5 +1,6 @@
 """The U-Net generator of SPEC section 2."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,3 +105,28 @@ def test_transposed_conv_has_pytorch_k4_s2_p1_semantics():
   expected = _torch_conv_transpose(x, torch_kernel, 2, 1)
   assert ours.shape == expected.shape == (2, 10, 10, 2)
   np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize('size', [28, 32])
+def test_tap_convolutions_equal_the_flax_layers_they_replace(size):
+  """DownConv, UpConv and Conv3x3 compute exactly nn.Conv / ConvTranspose with the same params."""
+  from l2lda_jax.models.generator import Conv3x3, DownConv, UpConv
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 5))
+  small = jax.random.normal(jax.random.PRNGKey(1), (2, size // 2, size // 2, 5))
+  kernel4 = jax.random.normal(jax.random.PRNGKey(2), (4, 4, 5, 3))
+  kernel3 = jax.random.normal(jax.random.PRNGKey(3), (3, 3, 5, 3))
+  pairs = [
+      (DownConv(3), nn.Conv(3, (4, 4), (2, 2), padding=((1, 1), (1, 1)), use_bias=False),
+       kernel4, x),
+      (UpConv(3), conv_transpose_k4s2p1(3), kernel4, small),
+      (Conv3x3(3), nn.Conv(3, (3, 3), padding=((1, 1), (1, 1)), use_bias=False), kernel3, x),
+  ]
+  for ours, reference, kernel, inputs in pairs:
+    params = {'params': {'kernel': kernel}}
+    expected = reference.apply(params, inputs)
+    np.testing.assert_allclose(ours.apply(params, inputs), expected, atol=1e-4, rtol=1e-5)
+    grad = lambda module: jax.grad(
+        lambda k, v: jnp.sum(jnp.sin(module.apply({'params': {'kernel': k}}, v))),
+        argnums=(0, 1))(kernel, inputs)
+    for got, want in zip(grad(ours), grad(reference)):
+      np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-4)

@@ -43,8 +43,90 @@ class ConditionalBatchNorm(nn.Module):
     return x * gamma + beta
 
 
+def conv_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A VALID stride-1 convolution as a sum over kernel taps of (N*H*W, C) @ (C, F) matmuls.
+
+  Same result as lax.conv_general_dilated. Its autodiff is matmuls and pads too; XLA:CPU's
+  own convolution gradients (above all the kernel gradient) were several times slower
+  at the generator's shapes (docs/PERFORMANCE.md).
+  """
+  kh, kw = kernel.shape[:2]
+  oh, ow = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  out = None
+  for a in range(kh):
+    for b in range(kw):
+      term = x[:, a:a + oh, b:b + ow] @ kernel[a, b]
+      out = term if out is None else out + term
+  return out
+
+
+def _pad_hw(x: jax.Array, p: int) -> jax.Array:
+  return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+
+
+def space_to_depth(x: jax.Array) -> jax.Array:
+  """(N, H, W, C) -> (N, H/2, W/2, 4C), each 2x2 block's pixels stacked as (row, col, C)."""
+  n, h, w, c = x.shape
+  x = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h // 2, w // 2, 4 * c)
+
+
+class Conv3x3(nn.Module):
+  """Conv 3x3, stride 1, padding 1, no bias (down0 and final)."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', _conv_init, (3, 3, x.shape[-1], self.features))
+    return conv_taps(_pad_hw(x, 1), kernel)
+
+
+class DownConv(nn.Module):
+  """PyTorch Conv2d(k=4, s=2, p=1, bias=False), which halves H and W.
+
+  Computed as space-to-depth of the padded input and a 2x2 stride-1 conv whose kernel
+  is the 4x4 kernel regrouped: K'[a, b, (r, s, c)] = K[2a + r, 2b + s, c]. Same
+  parameters and outputs as nn.Conv(features, (4, 4), (2, 2), padding=1).
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    kernel = self.param('kernel', _conv_init, (4, 4, c, self.features))
+    regrouped = kernel.reshape(2, 2, 2, 2, c, self.features).transpose(0, 2, 1, 3, 4, 5)
+    return conv_taps(space_to_depth(_pad_hw(x, 1)),
+                     regrouped.reshape(2, 2, 4 * c, self.features))
+
+
+class UpConv(nn.Module):
+  """PyTorch ConvTranspose2d(k=4, s=2, p=1, bias=False), which doubles H and W.
+
+  Output pixel (2i + r, 2j + s) sees only the input window starting at (i + r - 1,
+  j + s - 1) through kernel taps (2a + r, 2b + s): one 2x2 stride-1 conv with 4F
+  outputs over the padded input, then each phase (r, s) read at its offset. Same
+  parameters and outputs as `conv_transpose_k4s2p1` (Flax's ConvTranspose with
+  padding 2, which does not flip the kernel: with learned weights only a
+  re-parameterisation of PyTorch's).
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    n, h, w, c = x.shape
+    f = self.features
+    kernel = self.param('kernel', _conv_init, (4, 4, c, f))
+    phase_kernel = kernel.reshape(2, 2, 2, 2, c, f).transpose(0, 2, 4, 1, 3, 5)
+    y = conv_taps(_pad_hw(x, 1), phase_kernel.reshape(2, 2, c, 4 * f))
+    y = y.reshape(n, h + 1, w + 1, 2, 2, f)
+    rows = [jnp.stack([y[:, r:r + h, s:s + w, r, s] for s in (0, 1)], axis=3) for r in (0, 1)]
+    out = jnp.stack(rows, axis=2)  # (n, h, r, w, s, f)
+    return out.reshape(n, 2 * h, 2 * w, f)
+
+
 def conv_transpose_k4s2p1(features: int, name: str | None = None) -> nn.ConvTranspose:
-  """PyTorch ConvTranspose2d(k=4, s=2, p=1), which doubles H and W.
+  """PyTorch ConvTranspose2d(k=4, s=2, p=1) as Flax's ConvTranspose: the reference UpConv
+  is tested against.
 
   PyTorch's padding p crops the full output; as a conv over the stride-dilated input
   that is a padding of k - 1 - p = 2 on each side. (Flax does not flip the kernel;
@@ -76,9 +158,6 @@ class Generator(nn.Module):
   @nn.compact
   def __call__(self, inputs, z, labels, train: bool = True):
     w = self.width
-    conv = lambda f, k, s, p, name: nn.Conv(f, (k, k), (s, s), padding=((p, p), (p, p)),
-                                            use_bias=False, kernel_init=_conv_init, name=name)
-    deconv = conv_transpose_k4s2p1
     cbn = lambda name: ConditionalBatchNorm(self.num_classes, name=name)
     leaky = lambda x: nn.leaky_relu(x, 0.2)
 
@@ -89,11 +168,11 @@ class Generator(nn.Module):
       z_features = nn.relu(dense('z_fc2')(nn.relu(dense('z_fc1')(z))))
       with_z = lambda x: jnp.concatenate([x, _tile(z_features, x)], axis=-1)
 
-    d0 = leaky(conv(w, 3, 1, 1, 'down0')(with_z(inputs)))
-    d1 = leaky(cbn('down1_bn')(conv(w, 4, 2, 1, 'down1')(with_z(d0)), labels, train))
-    d2 = leaky(conv(2 * w, 4, 2, 1, 'down2')(with_z(d1)))
-    u2 = nn.relu(cbn('up2_bn')(deconv(w, 'up2')(d2), labels, train))
+    d0 = leaky(Conv3x3(w, name='down0')(with_z(inputs)))
+    d1 = leaky(cbn('down1_bn')(DownConv(w, name='down1')(with_z(d0)), labels, train))
+    d2 = leaky(DownConv(2 * w, name='down2')(with_z(d1)))
+    u2 = nn.relu(cbn('up2_bn')(UpConv(w, name='up2')(d2), labels, train))
     u2 = jnp.concatenate([u2, d1], axis=-1)
-    u1 = nn.relu(cbn('up1_bn')(deconv(w, 'up1')(u2), labels, train))
+    u1 = nn.relu(cbn('up1_bn')(UpConv(w, name='up1')(u2), labels, train))
     u1 = jnp.concatenate([u1, d0], axis=-1)
-    return conv(self.out_channels, 3, 1, 1, 'final')(u1)
+    return Conv3x3(self.out_channels, name='final')(u1)
