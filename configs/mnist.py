@@ -27,13 +27,13 @@ def get_config(variant: str = ''):
     config.eval.num_examples = 1000
     config.checkpoint.every_steps = 1000
     # L2L-DA (the default method) at CPU scale, also about an hour: a game step at these
-    # shapes (width 8, T = 3, batch 50 doubled) took ~0.9 s on 2 cores, so fewer steps.
+    # shapes (width 8, T = 3, batch 50 doubled) took ~1.1 s on 2 cores, so fewer steps.
     # The paper's shapes (width 64, T = 10, batch 100) are 671 GFLOP per step.
     config.generator.width = 8
     config.generator.steps = 3
-    config.l2lda_run.steps = 4_500
+    config.l2lda_run.steps = 3_500
     config.l2lda_run.batch_size = 50
-    config.l2lda_run.lr_decay_steps = (3_500, 4_200)
+    config.l2lda_run.lr_decay_steps = (2_700, 3_200)
   elif variant == 'smoke':
     config.train.steps = 20
     config.train.batch_size = 32
