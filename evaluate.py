@@ -36,6 +36,9 @@ flags.DEFINE_boolean('checks', False, 'Also run the sanity checks (see l2lda_jax
 flags.DEFINE_integer('check_examples', 1000, 'Test examples the sanity checks use.')
 flags.DEFINE_integer('check_pgd_steps', 20, 'k of the PGD-k vs PGD-2k convergence check.')
 flags.DEFINE_float('large_eps', 0.5, 'The sanity checks\' large eps (accuracy there <= 10%).')
+flags.DEFINE_string('figures_dir', '', 'Write Figure 2 (per-step attack loss) and robust '
+                    'accuracy vs eps here, PNG + JSON.')
+flags.DEFINE_integer('figure_examples', 500, 'Test examples the figures use.')
 flags.DEFINE_string('output', '', 'JSON report path (default: WORKDIR/evaluation.json).')
 flags.DEFINE_boolean('progress', True, 'Show a progress bar per attack.')
 flags.mark_flags_as_required(['workdir'])
@@ -57,7 +60,8 @@ def main(argv):
         generator_draws=FLAGS.generator_draws,
         generator_unroll_steps=FLAGS.generator_unroll_steps, checks=FLAGS.checks,
         check_examples=FLAGS.check_examples, check_pgd_steps=FLAGS.check_pgd_steps,
-        large_eps=FLAGS.large_eps, progress=FLAGS.progress)
+        large_eps=FLAGS.large_eps, figures_dir=FLAGS.figures_dir,
+        figure_examples=FLAGS.figure_examples, progress=FLAGS.progress)
     robustness.validate_options(options)
     report = robustness.evaluate(options, log=logging.info)
   except (AttackNameError, DataError, robustness.EvaluationError) as e:

@@ -7,6 +7,7 @@ and the per-example worst case (SPEC section 6) -> markdown table and JSON.
 
 import dataclasses
 import functools
+import importlib
 import json
 import os
 import time
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from l2lda_jax import attacks
 from l2lda_jax import checkpoint as checkpoint_lib
 from l2lda_jax import data as data_lib
+from l2lda_jax import figures
 from l2lda_jax import l2lda
 from l2lda_jax import sanity
 from l2lda_jax import sharding
@@ -55,6 +57,9 @@ class EvalOptions:
   check_examples: int = 1000
   check_pgd_steps: int = 20  # PGD-k vs PGD-2k in the convergence check
   large_eps: float = 0.5  # accuracy there must be at most 10% (SPEC: 0.5 on MNIST)
+  generative_config_variant: str = ''  # of configs/advgan.py and configs/gap.py
+  figures_dir: str = ''  # Figure 2 and accuracy-vs-eps PNG + JSON go here when set
+  figure_examples: int = 500
   progress: bool = True
 
 
@@ -242,13 +247,20 @@ def _load_generator_weights(gen: l2lda.GeneratorState, raw: Optional[dict]):
                                                         gen.batch_stats)), True
 
 
-def fit_learned_attack(kind: str, classifier: Classifier, train: data_lib.Split,
-                       options: EvalOptions, eps: float, key, log=print):
+@dataclasses.dataclass
+class LearnedAttack:
+  """A generator trained against a frozen classifier, with what it needs to attack."""
+  gen: l2lda.GeneratorState
+  generator: object  # the Flax module
+  settings: l2lda.GameSettings
+
+
+def train_learned_attack(kind: str, classifier: Classifier, train: data_lib.Split,
+                         options: EvalOptions, eps: float, key, log=print) -> LearnedAttack:
   """The L2L-DA (or L2L*) white-box attack of Table 2: fine-tune against the frozen model.
 
   Starts from the run's own generator when it was trained with the same method and
-  shapes, else from a fresh one. Returns a jitted batch eval over K z draws (an
-  image counts as broken if any draw breaks it).
+  shapes, else from a fresh one; trains on the training split, never the test set.
   """
   config = generator_config(classifier, kind, options.generator_unroll_steps)
   config.eps = eps
@@ -272,12 +284,18 @@ def fit_learned_attack(kind: str, classifier: Classifier, train: data_lib.Split,
       steps=options.generator_steps, batch_size=options.generator_batch_size, key=key)
   log(f'{kind}: generator objective {float(objective):.4f} after '
       f'{time.time() - start:.0f} s')
+  return LearnedAttack(gen, generator, settings)
+
+
+def learned_batch_eval(learned: LearnedAttack, classifier: Classifier, options: EvalOptions):
+  """A jitted batch eval of the trained generator over K z draws (an image counts as
+  broken if any draw breaks it)."""
 
   def run(variables, x, y, draw_key):
     target_logits = functools.partial(classifier.apply_fn, variables)
     x_advs = l2lda.generator_attack_examples(
-        gen, generator=generator, settings=settings, logits_fn=target_logits, x=x,
-        labels=y, key=draw_key, draws=options.generator_draws)
+        learned.gen, generator=learned.generator, settings=learned.settings,
+        logits_fn=target_logits, x=x, labels=y, key=draw_key, draws=options.generator_draws)
     correct = jax.lax.map(lambda x_adv: jnp.argmax(target_logits(x_adv), -1) == y, x_advs)
     linf, box = jax.vmap(lambda x_adv: _violations(x, x_adv))(x_advs)
     return jnp.all(correct, axis=0), jnp.max(linf, axis=0), jnp.max(box, axis=0)
@@ -315,8 +333,11 @@ def markdown_table(report: dict) -> str:
 
 # ----------------------------------------------------------------------------- the report
 def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
-                     options: EvalOptions, eps: float, base_key, log):
+                     options: EvalOptions, eps: float, base_key, log, learned: dict):
   """[(row name, jitted batch eval, key)] for one spec (transfer: one per surrogate).
+
+  Trained l2lda / l2l generators are kept in `learned` (kind -> LearnedAttack) for the
+  figures.
 
   A transfer row uses the key of its white-box attack, so a surrogate identical to
   the target reproduces the white-box row exactly.
@@ -328,8 +349,9 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
     attack = gradient_attack(spec, eps, options.pgd_step_size)
     return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
   if spec.kind in ('l2lda', 'l2l'):
-    return [(spec.name, fit_learned_attack(spec.kind, classifier, dataset.train, options, eps,
-                                           key, log), key)]
+    learned[spec.kind] = train_learned_attack(spec.kind, classifier, dataset.train, options,
+                                              eps, key, log)
+    return [(spec.name, learned_batch_eval(learned[spec.kind], classifier, options), key)]
   if spec.kind in ('advgan', 'gap'):
     return [(spec.name, fit_generative_attack(spec.kind, classifier, dataset.train, options,
                                               eps, key, log), key)]
@@ -354,11 +376,11 @@ def fit_generative_attack(kind: str, classifier: Classifier, train: data_lib.Spl
                           options: EvalOptions, eps: float, key, log=print):
   """AdvGAN / GAP trained against the frozen classifier with configs/<kind>.py's recipe."""
   from l2lda_jax import generative_attacks
-  attack_config = generative_attacks.default_config(kind)
+  attack_config = importlib.import_module(f'configs.{kind}').get_config(
+      options.generative_config_variant)
   logits_fn = functools.partial(classifier.apply_fn, classifier.variables)
   fitted = generative_attacks.train_generative_attack(
-      kind, attack_config, logits_fn, data_lib.to_float(train.images), train.labels, eps=eps,
-      key=key, log_fn=log)
+      kind, attack_config, logits_fn, train.images, train.labels, eps=eps, key=key, log_fn=log)
   return make_batch_eval(classifier.apply_fn, fitted.attack)
 
 
@@ -377,11 +399,11 @@ def evaluate(options: EvalOptions, log=print) -> dict:
   dataset = data_lib.load_dataset(config.data)
   test = dataset.test.take(options.num_examples) if options.num_examples else dataset.test
   base_key = jax.random.PRNGKey(options.seed)
-  rows, correct_by_attack = [], {}
+  rows, correct_by_attack, learned = [], {}, {}
   for spec in options.attacks:
     setup_start = time.time()
     for name, batch_eval, key in _batch_evals_for(spec, classifier, dataset, options, eps,
-                                                  base_key, log):
+                                                  base_key, log, learned):
       start = time.time()
       correct, linf, box = run_batched(batch_eval, classifier.variables, test,
                                        options.batch_size, key, name, options.progress)
@@ -403,6 +425,8 @@ def evaluate(options: EvalOptions, log=print) -> dict:
     report['note'] = data_lib.LOSSY_NOTE
   report.update(summarize(rows, correct_by_attack))
   report['table'] = markdown_table(report)
+  if options.figures_dir:
+    report['figures'] = make_figures(classifier, test, options, eps, base_key, learned, log)
   if options.checks:
     checks = sanity_checks(classifier, test, rows, options, eps, base_key, log)
     report['checks'] = [dataclasses.asdict(c) for c in checks]
@@ -428,3 +452,52 @@ def sanity_checks(classifier: Classifier, test: data_lib.Split, rows: list[dict]
                                   name='evaluated_attacks_in_threat_model')
   log(f'sanity checks on {len(subset)} examples: {time.time() - start:.0f} s')
   return checks + [whole_run]
+
+
+def make_figures(classifier: Classifier, test: data_lib.Split, options: EvalOptions,
+                 eps: float, base_key, learned: dict, log) -> dict:
+  """Figure 2 (per-step attack loss over 10 draws / restarts) and robust accuracy vs eps
+  on the first figure_examples test images; PNG + JSON in figures_dir.
+
+  PGD runs T = generator_unroll_steps steps of eps/4; L2L-DA and L2L* appear when their
+  attacks were in --attacks (their trained generators are reused, not retrained).
+  """
+  subset = test.take(options.figure_examples) if options.figure_examples else test
+  x = np.asarray(data_lib.to_float(subset.images))
+  y = np.asarray(subset.labels)
+  logits_fn = functools.partial(classifier.apply_fn, classifier.variables)
+  steps = options.generator_unroll_steps
+  trace_fns = {f'PGD-{steps} ({options.generator_draws} restarts)': functools.partial(
+      _pgd_trace, logits_fn, eps=eps, steps=steps, step_size=eps / 4)}
+  names = {'l2lda': f'L2L-DA ({options.generator_draws} z draws)', 'l2l': 'L2L* (one shot)'}
+  for kind, attack in learned.items():
+    trace_fns[names[kind]] = functools.partial(figures.generator_loss_trace, attack, logits_fn)
+  key = jax.random.fold_in(base_key, zlib.crc32(b'figures') & 0x7FFFFFFF)
+  curves = figures.loss_curves(trace_fns, x, y, key, options.generator_draws,
+                               options.batch_size)
+  os.makedirs(options.figures_dir, exist_ok=True)
+  paths = {name: os.path.join(options.figures_dir, name) for name in (
+      'figure2.png', 'figure2.json', 'accuracy_vs_eps.png', 'accuracy_vs_eps.json')}
+  title = f'{classifier.config.method} model, eps {eps:g}, {len(x)} test images'
+  figures.plot_loss_curves(curves, paths['figure2.png'], title)
+  figures.write_json({'curves': curves, 'examples': len(x), 'eps': eps}, paths['figure2.json'])
+
+  grid = sorted({round(eps * f, 6) for f in (0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)} |
+                {options.large_eps})
+  spec = AttackSpec(f'pgd{options.check_pgd_steps}', 'pgd', options.check_pgd_steps)
+  accuracies = []
+  for value in grid:
+    batch_eval = make_batch_eval(classifier.apply_fn, gradient_attack(spec, value))
+    correct, _, _ = run_batched(batch_eval, classifier.variables, subset, options.batch_size,
+                                key, f'{spec.name} eps {value:g}', options.progress)
+    accuracies.append(float(np.mean(correct)))
+  figures.plot_accuracy_vs_eps(grid, accuracies, paths['accuracy_vs_eps.png'],
+                               f'{spec.name}, {title}')
+  figures.write_json({'attack': spec.name, 'eps': grid, 'accuracy': accuracies,
+                      'examples': len(x)}, paths['accuracy_vs_eps.json'])
+  log(f'figures written to {options.figures_dir}')
+  return paths
+
+
+def _pgd_trace(logits_fn, x, y, key, *, eps, steps, step_size):
+  return figures.pgd_loss_trace(logits_fn, x, y, key, eps=eps, steps=steps, step_size=step_size)

@@ -179,3 +179,25 @@ def test_checks_run_after_the_attacks_and_report_pass_or_fail(plain_run):
   assert len(report['checks_text']) == len(report['checks'])
   assert all(line.startswith(('pass ', 'FAIL ')) for line in report['checks_text'])
   assert report['checks_passed'] == all(c['passed'] for c in report['checks'])
+
+
+def test_generator_attacks_and_figures(plain_run, tmp_path):
+  report = _evaluate(plain_run, 'clean,l2lda,l2l', generator_steps=2, generator_draws=2,
+                     generator_unroll_steps=2, generator_batch_size=16,
+                     figures_dir=str(tmp_path), figure_examples=32, check_pgd_steps=2)
+  rows = {r['attack']: r for r in report['rows']}
+  for name in ('l2lda', 'l2l'):
+    assert rows[name]['max_linf'] <= EPS + 1e-6 and rows[name]['max_box_violation'] == 0.0
+    assert rows[name]['accuracy'] <= rows['clean']['accuracy']
+  for name in ('figure2.png', 'accuracy_vs_eps.png'):
+    assert os.path.getsize(tmp_path / name) > 1000
+  with open(tmp_path / 'figure2.json') as f:
+    curves = json.load(f)['curves']
+  lengths = {name.split(' ')[0]: len(c['mean_max']) for name, c in curves.items()}
+  assert lengths == {'PGD-2': 2, 'L2L-DA': 2, 'L2L*': 1}
+  one_shot = next(c for name, c in curves.items() if name.startswith('L2L*'))
+  assert one_shot['mean_std'] == [0.0]  # no z: every draw is the same attack
+  with open(tmp_path / 'accuracy_vs_eps.json') as f:
+    curve = json.load(f)
+  assert curve['eps'][0] == 0.0 and curve['eps'][-1] == 0.5
+  assert curve['accuracy'][-1] <= curve['accuracy'][0]
