@@ -13,8 +13,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.kind = 'gap'
   config.seed = 0  # the order of training batches
-  config.steps = 1500
-  config.batch_size = 128
+  config.steps = 1000
+  config.batch_size = 64
   config.log_every_steps = 100
 
   # Their ResnetGenerator (c7s1-w, d2w, d4w, blocks x r4w, u2w, uw, c7s1-C, tanh), w = 64

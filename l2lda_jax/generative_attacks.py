@@ -221,7 +221,7 @@ def generator_loss(kind: str, attack_config, g_params, *, generator, logits_fn: 
   else:  # 'least_likely'; the target comes from the clean prediction, as in GAP's code
     loss = least_likely_loss(logits, jax.lax.stop_gradient(logits_fn(x)))
     metrics['loss_adv'] = loss
-  return loss, (metrics, jax.lax.stop_gradient(x_adv))
+  return loss, metrics
 
 
 def make_train_step(kind: str, attack_config, logits_fn: LogitsFn, eps: float):
@@ -254,7 +254,7 @@ def make_train_step(kind: str, attack_config, logits_fn: LogitsFn, eps: float):
     loss_fn = functools.partial(generator_loss, kind, attack_config, generator=generator,
                                 logits_fn=logits_fn, x=x, y=labels, eps=eps,
                                 discriminator=discriminator, d_params=state.get('d'))
-    (loss, (g_metrics, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['g'])
+    (loss, g_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['g'])
     updates, state['g_opt'] = g_tx.update(grads, state['g_opt'], state['g'])
     state['g'] = optax.apply_updates(state['g'], updates)
     metrics.update(g_metrics, loss_g=loss)
