@@ -22,6 +22,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from l2lda_jax.torch_models import LeNet5  # the export's module, same architecture
+
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-5
@@ -31,24 +33,6 @@ Z_DIM = 8
 
 
 # ----------------------------------------------------------------------------- networks
-class LeNet5(nn.Module):
-  """The MNIST classifier of SPEC section 3 (61,706 parameters); logits of [0, 1] inputs."""
-
-  def __init__(self, in_channels: int = 1, num_classes: int = 10):
-    super().__init__()
-    self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
-    self.conv2 = nn.Conv2d(6, 16, 5)
-    self.conv3 = nn.Conv2d(16, 120, 5)
-    self.fc1 = nn.Linear(120, 84)
-    self.fc2 = nn.Linear(84, num_classes)
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-    x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-    x = F.relu(self.conv3(x)).flatten(1)
-    return self.fc2(F.relu(self.fc1(x)))
-
-
 class ConditionalBatchNorm2d(nn.Module):
   """BatchNorm without affine, then gamma_shared + gamma[y], beta_shared + beta[y] (SPEC 2)."""
 

@@ -5,6 +5,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from l2lda_jax import data as data_lib
 from l2lda_jax import sharding
@@ -27,18 +28,30 @@ def make_correct_fn(apply_fn: ApplyFn, attack: Optional[Attack]):
   return jax.jit(correct)
 
 
-def per_example_correct(correct_fn, variables, split: data_lib.Split, batch_size: int,
-                        key: jax.Array, mesh) -> np.ndarray:
-  """Runs `correct_fn` over `split` in fixed-size batches (the last one padded)."""
-  results = []
-  for start in range(0, len(split), batch_size):
+def map_batches(batch_fn, variables, split: data_lib.Split, batch_size: int, key: jax.Array,
+                mesh, desc: str = '', progress: bool = False) -> list[np.ndarray]:
+  """`batch_fn(variables, uint8 images, labels, key)` over `split` in fixed-size batches.
+
+  The last batch is padded (one shape: one compilation) and its padding dropped; batch
+  `start` gets fold_in(key, start). Returns per-example numpy arrays, one per output.
+  """
+  outputs = []
+  starts = range(0, len(split), batch_size)
+  for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
     images = split.images[start:start + batch_size]
     labels = split.labels[start:start + batch_size]
     n = len(labels)
-    if n < batch_size:  # pad so every batch has one shape: one compilation
+    if n < batch_size:
       images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, 0)])
       labels = np.concatenate([labels, np.repeat(labels[-1:], batch_size - n, 0)])
     batch = sharding.shard_batch(mesh, images, labels)
-    out = correct_fn(variables, *batch, jax.random.fold_in(key, start))
-    results.append(np.asarray(out)[:n])
-  return np.concatenate(results)
+    out = batch_fn(variables, *batch, jax.random.fold_in(key, start))
+    out = out if isinstance(out, tuple) else (out,)
+    outputs.append([np.asarray(o)[:n] for o in out])
+  return [np.concatenate(parts) for parts in zip(*outputs)]
+
+
+def per_example_correct(correct_fn, variables, split: data_lib.Split, batch_size: int,
+                        key: jax.Array, mesh) -> np.ndarray:
+  """Runs `correct_fn` over `split` (see map_batches)."""
+  return map_batches(correct_fn, variables, split, batch_size, key, mesh)[0]

@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from l2lda_jax import attacks
 from l2lda_jax import checkpoint as checkpoint_lib
 from l2lda_jax import data as data_lib
+from l2lda_jax import evaluation
 from l2lda_jax import figures
 from l2lda_jax import l2lda
 from l2lda_jax import sanity
@@ -163,9 +163,10 @@ def gradient_attack(spec: AttackSpec, eps: float, step_size: Optional[float] = N
 
 
 def make_batch_eval(apply_fn, attack):
-  """Jitted (variables, x, y, key) -> (correct, Linf distance, box violation) per example."""
+  """Jitted (variables, uint8 images, y, key) -> (correct, Linf distance, box violation)."""
 
-  def run(variables, x, y, key):
+  def run(variables, images, y, key):
+    x = data_lib.to_float(images)
     logits_fn = functools.partial(apply_fn, variables)
     x_adv = x if attack is None else attack(logits_fn, x, y, key)
     correct = jnp.argmax(logits_fn(x_adv), -1) == y
@@ -175,25 +176,10 @@ def make_batch_eval(apply_fn, attack):
 
 
 def run_batched(batch_fn, variables, split: data_lib.Split, batch_size: int, key,
-                desc: str, progress: bool) -> dict:
-  """`batch_fn` over the split in fixed-shape batches (last one padded), with a progress bar.
-
-  Returns per-example numpy arrays for each output of batch_fn.
-  """
-  mesh = sharding.make_data_mesh()
-  outputs = []
-  starts = range(0, len(split), batch_size)
-  for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-    images = split.images[start:start + batch_size]
-    labels = split.labels[start:start + batch_size]
-    n = len(labels)
-    if n < batch_size:
-      images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, 0)])
-      labels = np.concatenate([labels, np.repeat(labels[-1:], batch_size - n, 0)])
-    x, y = sharding.shard_batch(mesh, data_lib.to_float(images), labels)
-    out = batch_fn(variables, x, y, jax.random.fold_in(key, start))
-    outputs.append([np.asarray(o)[:n] for o in out])
-  return [np.concatenate(parts) for parts in zip(*outputs)]
+                desc: str, progress: bool) -> list:
+  """`batch_fn` over the split with a progress bar (evaluation.map_batches)."""
+  return evaluation.map_batches(batch_fn, variables, split, batch_size, key,
+                                sharding.make_data_mesh(), desc, progress)
 
 
 def transfer_batch_eval(target_apply, surrogate: Classifier, attack):
@@ -203,7 +189,8 @@ def transfer_batch_eval(target_apply, surrogate: Classifier, attack):
   """
   surrogate_logits = functools.partial(surrogate.apply_fn, surrogate.variables)
 
-  def run(variables, x, y, key):
+  def run(variables, images, y, key):
+    x = data_lib.to_float(images)
     x_adv = attack(surrogate_logits, x, y, key)
     correct = jnp.argmax(target_apply(variables, x_adv), -1) == y
     return correct, *_violations(x, x_adv)
@@ -291,7 +278,8 @@ def learned_batch_eval(learned: LearnedAttack, classifier: Classifier, options: 
   """A jitted batch eval of the trained generator over K z draws (an image counts as
   broken if any draw breaks it)."""
 
-  def run(variables, x, y, draw_key):
+  def run(variables, images, y, draw_key):
+    x = data_lib.to_float(images)
     target_logits = functools.partial(classifier.apply_fn, variables)
     x_advs = l2lda.generator_attack_examples(
         learned.gen, generator=learned.generator, settings=learned.settings,

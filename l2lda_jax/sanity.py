@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2lda_jax import attacks
+from l2lda_jax.attack_specs import pgd_step_size
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 Attack = Callable[..., jax.Array]  # (logits_fn, x, y, key, eps) -> x_adv
@@ -60,8 +61,8 @@ def _pct(accuracy: float) -> str:
 
 
 def default_step_ratio(steps: int) -> float:
-  """PGD step / eps as in the authors' code: 1/4 for k = 10, 1/12 for k = 100 (SPEC section 6)."""
-  return 1 / 4 if steps <= 20 else 1 / 12
+  """PGD step / eps: evaluate.py's rule (attack_specs.pgd_step_size, SPEC section 6)."""
+  return pgd_step_size(1.0, steps)
 
 
 def fgsm_attack(logits_fn: LogitsFn, x, y, key, eps):

@@ -20,6 +20,11 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 @pytest.fixture
 def tiny_mnist_config():
   """configs/mnist.py:smoke shrunk further, reading mock data (no manual_dir)."""
+  return make_tiny_mnist_config()
+
+
+def make_tiny_mnist_config():
+  """The tiny_mnist_config fixture's config, for module-scoped fixtures too."""
   from configs import mnist
   config = mnist.get_config('smoke')
   config.data.manual_dir = ''

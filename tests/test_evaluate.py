@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import learnable_mnist_mock
+from conftest import learnable_mnist_mock, make_tiny_mnist_config
 
 from l2lda_jax import robustness, train
 from l2lda_jax.attack_specs import AttackNameError, AttackSpec, parse_attacks
@@ -41,27 +41,14 @@ def test_parse_attacks_rejects_bad_names_with_one_clear_message(text, message):
 
 # ----------------------------------------------------------------------------- end to end
 def _tiny_config(method):
-  from configs import mnist
-  config = mnist.get_config('smoke')
+  """conftest's tiny config, trained long enough (60 steps, lr 0.05) to learn the mock task."""
+  config = make_tiny_mnist_config()
   config.method = method
-  config.data.manual_dir = ''
-  config.data.validation_size = 32
   config.train.steps = 60
-  config.train.batch_size = 16
-  config.train.clean_warmup_steps = 2
-  config.train.lr_decay_steps = (50,)
   config.train.learning_rate = 0.05
-  config.attack.pgd_steps = 2
+  config.train.lr_decay_steps = (50,)
   config.eval.every_steps = 30
-  config.eval.num_examples = 32
-  config.eval.batch_size = 32
-  config.eval.pgd_steps = 2
-  config.test.num_examples = 32
-  config.test.batch_size = 32
-  config.test.pgd_steps = 2
   config.checkpoint.every_steps = 30
-  config.generator.width = 8
-  config.generator.steps = 2
   return config
 
 

@@ -71,6 +71,21 @@ def _check_size(x: jax.Array, who: str):
                      f'(two stride-2 stages), got shape {x.shape}')
 
 
+def _resnet_generator(x, width: int, res_blocks: int, edge_kernel: int) -> jax.Array:
+  """c{k}-w, d_2w, d_4w, res_blocks x r_4w, u_2w, u_w, c{k}-C: the CycleGAN-style trunk
+  shared by AdvGAN's and GAP's generators (they differ in the edge convs' kernel k)."""
+  pad = edge_kernel // 2
+  h = _conv(width, edge_kernel, name='c_conv')(_reflect_pad(x, pad))
+  h = nn.relu(_norm('c_norm')(h))
+  h = _down(h, 2 * width, 'd1')
+  h = _down(h, 4 * width, 'd2')
+  for i in range(res_blocks):
+    h = ResidualBlock(name=f'res{i}')(h)
+  h = _up(h, 2 * width, 'u2')
+  h = _up(h, width, 'u1')
+  return _conv(x.shape[-1], edge_kernel, use_bias=True, name='out_conv')(_reflect_pad(h, pad))
+
+
 class AdvGANGenerator(nn.Module):
   """G(x) of AdvGAN: c_w, d_2w, d_4w, `res_blocks` x r_4w, u_2w, u_w, then a conv to C.
 
@@ -84,16 +99,7 @@ class AdvGANGenerator(nn.Module):
   @nn.compact
   def __call__(self, x):
     _check_size(x, 'AdvGANGenerator')
-    w = self.width
-    h = _conv(w, 3, name='c_conv')(_reflect_pad(x, 1))
-    h = nn.relu(_norm('c_norm')(h))
-    h = _down(h, 2 * w, 'd1')
-    h = _down(h, 4 * w, 'd2')
-    for i in range(self.res_blocks):
-      h = ResidualBlock(name=f'res{i}')(h)
-    h = _up(h, 2 * w, 'u2')
-    h = _up(h, w, 'u1')
-    return _conv(x.shape[-1], 3, use_bias=True, name='out_conv')(_reflect_pad(h, 1))
+    return _resnet_generator(x, self.width, self.res_blocks, edge_kernel=3)
 
 
 class AdvGANDiscriminator(nn.Module):
@@ -127,14 +133,4 @@ class GAPGenerator(nn.Module):
   @nn.compact
   def __call__(self, x):
     _check_size(x, 'GAPGenerator')
-    w = self.width
-    h = _conv(w, 7, name='c_conv')(_reflect_pad(x, 3))
-    h = nn.relu(_norm('c_norm')(h))
-    h = _down(h, 2 * w, 'd1')
-    h = _down(h, 4 * w, 'd2')
-    for i in range(self.res_blocks):
-      h = ResidualBlock(name=f'res{i}')(h)
-    h = _up(h, 2 * w, 'u2')
-    h = _up(h, w, 'u1')
-    h = _conv(x.shape[-1], 7, use_bias=True, name='out_conv')(_reflect_pad(h, 3))
-    return jnp.tanh(h)
+    return jnp.tanh(_resnet_generator(x, self.width, self.res_blocks, edge_kernel=7))
