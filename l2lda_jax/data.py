@@ -40,6 +40,10 @@ class Split:
     """The first n examples (all of them when n <= 0)."""
     return self if n <= 0 else Split(self.images[:n], self.labels[:n])
 
+  def select(self, indices: np.ndarray) -> 'Split':
+    """The examples at `indices`, in that order."""
+    return Split(self.images[indices], self.labels[indices])
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -188,3 +189,33 @@ def test_generator_attacks_and_figures(plain_run, tmp_path):
     curve = json.load(f)
   assert curve['eps'][0] == 0.0 and curve['eps'][-1] == 0.5
   assert curve['accuracy'][-1] <= curve['accuracy'][0]
+
+
+def test_restarts_attack_only_the_examples_every_earlier_restart_left_correct(
+    plain_run, monkeypatch):
+  from l2lda_jax import data as data_lib
+  from l2lda_jax.attack_specs import parse_attack
+  classifier = robustness.restore_classifier(plain_run, 'latest')
+  with learnable_mnist_mock():
+    test = data_lib.load_dataset(classifier.config.data).test.take(48)
+  options = robustness.EvalOptions(workdir=plain_run, attacks=[], batch_size=16,
+                                   progress=False)
+  attacked_sizes, run_batched = [], robustness.run_batched
+  def recording_run_batched(batch_fn, variables, split, *args, **kwargs):
+    attacked_sizes.append(len(split))
+    return run_batched(batch_fn, variables, split, *args, **kwargs)
+  monkeypatch.setattr(robustness, 'run_batched', recording_run_batched)
+
+  key = jax.random.PRNGKey(3)
+  correct, linf, box = robustness.restarts_on_survivors(parse_attack('pgd2x4'), classifier,
+                                                        test, options, EPS, key)
+  single = robustness.make_batch_eval(
+      classifier.apply_fn, robustness.gradient_attack(parse_attack('pgd2'), EPS))
+  first_correct = run_batched(single, classifier.variables, test, 16,
+                              jax.random.fold_in(key, 0), '', False)[0]
+  assert attacked_sizes[0] == 48
+  assert attacked_sizes[1] == first_correct.sum()  # restart 2 sees restart 1's survivors
+  assert attacked_sizes == sorted(attacked_sizes, reverse=True)
+  assert not np.any(correct & ~first_correct)  # a break is never undone
+  assert correct.sum() <= attacked_sizes[-1]
+  assert linf.max() <= EPS + 1e-6 and box.max() == 0.0

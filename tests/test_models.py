@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from l2lda_jax.models import LeNet5, ResNet20, create_classifier
-from l2lda_jax.models.classifiers import PatchConv, max_pool_2x2
+from l2lda_jax.models.classifiers import PatchConv, RowConv, max_pool_2x2
 
 
 def _param_count(tree):
@@ -51,6 +51,22 @@ def test_patch_conv_matches_flax_conv():
   params = patch.init(jax.random.PRNGKey(1), x)
   conv = nn.Conv(5, (5, 5), padding=2)
   np.testing.assert_allclose(patch.apply(params, x), conv.apply(params, x), atol=1e-5)
+
+
+@pytest.mark.parametrize('channels,features,padding,width', [(1, 6, 2, 28), (6, 16, 0, 14),
+                                                             (3, 4, 1, 9)])
+def test_row_conv_matches_flax_conv_in_values_and_gradients(channels, features, padding,
+                                                            width):
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, width, width, channels))
+  row = RowConv(features, 5, padding=padding)
+  params = row.init(jax.random.PRNGKey(1), x)
+  conv = nn.Conv(features, (5, 5), padding=padding)
+  np.testing.assert_allclose(row.apply(params, x), conv.apply(params, x), atol=1e-5)
+  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+  row_grads = jax.grad(loss(row), (0, 1))(params, x)
+  conv_grads = jax.grad(loss(conv), (0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(row_grads), jax.tree.leaves(conv_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
 def test_max_pool_matches_flax_max_pool():

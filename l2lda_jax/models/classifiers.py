@@ -9,6 +9,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # PyTorch's default Conv/Linear init: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
 _torch_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
@@ -20,18 +21,12 @@ def _torch_bias_init(fan_in: int):
       key, shape, dtype, -bound, bound)
 
 
-def _conv(features: int, kernel: int, fan_in: int, padding, name: str):
-  return nn.Conv(features, (kernel, kernel), padding=padding,
-                 kernel_init=_torch_kernel_init,
-                 bias_init=_torch_bias_init(fan_in * kernel * kernel), name=name)
-
-
 class PatchConv(nn.Module):
   """A VALID/zero-padded stride-1 conv computed as patches @ kernel.
 
-  Same parameters and outputs as nn.Conv. XLA:CPU runs convolutions with few input
-  channels (LeNet's 1-channel first layer) or a kernel as large as its input (LeNet's
-  conv3) several times slower than this matmul form, in both directions of autodiff.
+  Same parameters and outputs as nn.Conv. XLA:CPU runs a convolution whose kernel is
+  as large as its input (LeNet's conv3) several times slower than this matmul form,
+  in both directions of autodiff.
   """
   features: int
   kernel_size: int
@@ -50,6 +45,48 @@ class PatchConv(nn.Module):
                          for i in range(k) for j in range(k)], axis=3)
     patches = patches.reshape(n, out_h, out_w, k * k * c)
     return patches @ kernel.reshape(k * k * c, self.features) + bias
+
+
+def row_toeplitz(kernel: jax.Array, in_width: int) -> jax.Array:
+  """(k, k, C, F) kernel -> (k * in_width * C, out_width * F) matrix T with
+  T[i, p, c, o, f] = kernel[i, p - o, c, f] (zero where p - o is outside the kernel).
+
+  Multiplying k stacked input rows by T gives one VALID output row.
+  """
+  kh, kw, c, f = kernel.shape
+  out_width = in_width - kw + 1
+  shift = np.zeros((kw, in_width, out_width), np.float32)
+  for j in range(kw):
+    shift[j, np.arange(out_width) + j, np.arange(out_width)] = 1.0
+  toeplitz = jnp.einsum('jpo,ijcf->ipcof', shift, kernel)
+  return toeplitz.reshape(kh * in_width * c, out_width * f)
+
+
+class RowConv(nn.Module):
+  """A zero-padded stride-1 conv computed row by row: k stacked input rows @ a
+  row-Toeplitz matrix of the kernel.
+
+  Same parameters and outputs as nn.Conv. For LeNet's small images and few channels
+  this is one well-shaped matmul per direction of autodiff; XLA:CPU's convolution,
+  and the per-pixel patch matmul, were 2.5x slower on one core (docs/PERFORMANCE.md).
+  """
+  features: int
+  kernel_size: int
+  padding: int = 0
+
+  @nn.compact
+  def __call__(self, x):
+    k, c = self.kernel_size, x.shape[-1]
+    kernel = self.param('kernel', _torch_kernel_init, (k, k, c, self.features))
+    bias = self.param('bias', _torch_bias_init(k * k * c), (self.features,))
+    p = self.padding
+    x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    n, h, w, _ = x.shape
+    out_h, out_w = h - k + 1, w - k + 1
+    rows = jnp.stack([x[:, i:i + out_h] for i in range(k)], axis=2)
+    rows = rows.reshape(n, out_h, k * w * c)
+    out = rows @ row_toeplitz(kernel, w)
+    return out.reshape(n, out_h, out_w, self.features) + bias
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -74,9 +111,9 @@ class LeNet5(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # no batch norm
-    x = nn.relu(PatchConv(6, 5, padding=2, name='conv1')(x))
+    x = nn.relu(RowConv(6, 5, padding=2, name='conv1')(x))
     x = max_pool_2x2(x)
-    x = nn.relu(_conv(16, 5, 6, 'VALID', 'conv2')(x))
+    x = nn.relu(RowConv(16, 5, name='conv2')(x))
     x = max_pool_2x2(x)
     x = nn.relu(PatchConv(120, 5, name='conv3')(x))
     x = x.reshape((x.shape[0], -1))
