@@ -1,10 +1,13 @@
-"""Why LeNet-5 uses PatchConv and a reshape max-pool, and why PGD's loop is rolled.
+"""Why LeNet-5 uses RowConv / PatchConv and a reshape max-pool, and why PGD's loop is rolled.
 
-  python bench/lenet_layers.py
+  python bench/lenet_layers.py            # all cores
+  taskset -c 0 python bench/lenet_layers.py   # one core
 
-Times, in one process and interleaved: (1) each LeNet-5 conv as XLA's convolution vs as
-patches @ kernel, forward and both gradients; (2) max pooling as reduce_window vs reshape;
-(3) the PGD-10 training step with the attack loop rolled vs unrolled.
+Times, in one process and interleaved: (1) each LeNet-5 conv as XLA's convolution, as
+patches @ kernel and as stacked rows @ a row-Toeplitz kernel matrix, forward and both
+gradients; (2) max pooling as reduce_window vs reshape; (3) the PGD-10 training step
+with the attack loop rolled vs unrolled; (4) the PGD-10 step of the previous LeNet-5
+(PatchConv conv1, XLA conv2) vs the current one (RowConv conv1 and conv2).
 """
 
 import os
@@ -21,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import mnist  # noqa: E402
 from l2lda_jax import sharding, train  # noqa: E402
 from l2lda_jax.models import create_classifier  # noqa: E402
-from l2lda_jax.models.classifiers import PatchConv, max_pool_2x2  # noqa: E402
+from l2lda_jax.models.classifiers import PatchConv, RowConv, max_pool_2x2  # noqa: E402
 
 
 def median_ms(fn, *args, repeats=30):
@@ -43,8 +46,9 @@ def conv_rows():
     x = jax.random.uniform(jax.random.PRNGKey(0), shape)
     xla = nn.Conv(features, (5, 5), padding=padding)
     patch = PatchConv(features, 5, padding=padding)
+    row = RowConv(features, 5, padding=padding)
     params = xla.init(jax.random.PRNGKey(1), x)
-    for label, module in (('xla conv', xla), ('patches', patch)):
+    for label, module in (('xla conv', xla), ('patches', patch), ('row-Toeplitz', row)):
       loss = lambda p, v: jnp.sum(module.apply(p, v) ** 2)
       rows.append((name, label, median_ms(lambda v: module.apply(params, v), x),
                    median_ms(jax.grad(loss, argnums=1), params, x),
@@ -62,14 +66,26 @@ def pool_rows():
   return rows
 
 
-def pgd_unroll_rows(rounds=6, steps_per_round=10):
+class PreviousLeNet5(nn.Module):
+  """LeNet-5 as it was before RowConv: PatchConv conv1, XLA convolution conv2."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    x = max_pool_2x2(nn.relu(PatchConv(6, 5, padding=2, name='conv1')(x)))
+    x = max_pool_2x2(nn.relu(nn.Conv(16, (5, 5), padding='VALID', name='conv2')(x)))
+    x = nn.relu(PatchConv(120, 5, name='conv3')(x)).reshape((x.shape[0], -1))
+    return nn.Dense(10, name='fc2')(nn.relu(nn.Dense(84, name='fc1')(x)))
+
+
+def pgd_step_ms(variants, rounds=6, steps_per_round=10):
+  """{label: median ms} of the :cpu PGD-10 training step; variants = {label: (model, unroll)}."""
   mesh = sharding.make_data_mesh()
-  model = create_classifier('lenet5')
   rng = np.random.default_rng(0)
   batch = sharding.shard_batch(mesh, rng.integers(0, 256, (100, 28, 28, 1), dtype=np.uint8),
                                rng.integers(0, 10, 100).astype(np.int32))
   runs = {}
-  for unroll in (False, True):
+  for label, (model, unroll) in variants.items():
     config = mnist.get_config('cpu')
     config.method = 'pgd'
     config.attack.unroll = unroll
@@ -78,7 +94,7 @@ def pgd_unroll_rows(rounds=6, steps_per_round=10):
     _, step = train.make_train_steps(config, model, tx, 10, 1)
     state, metrics = step(state, *batch)
     jax.block_until_ready(metrics)
-    runs[unroll] = [step, state, []]
+    runs[label] = [step, state, []]
   for _ in range(rounds):  # interleaved, so machine noise hits both alike
     for run in runs.values():
       start = time.perf_counter()
@@ -86,14 +102,19 @@ def pgd_unroll_rows(rounds=6, steps_per_round=10):
         run[1], metrics = run[0](run[1], *batch)
       jax.block_until_ready(metrics)
       run[2].append((time.perf_counter() - start) / steps_per_round)
-  return {('unrolled' if u else 'rolled'): 1000 * float(np.median(r[2])) for u, r in runs.items()}
+  return {label: 1000 * float(np.median(r[2])) for label, r in runs.items()}
 
 
 def main():
   print('| layer | form | forward ms | d/dx ms | d/dparams ms |\n|---|---|---|---|---|')
   for name, label, fwd, dx, dw in conv_rows() + pool_rows():
     print(f'| {name} | {label} | {fwd:.2f} | {dx:.2f} | {dw:.2f} |')
-  print('\nPGD-10 training step (batch 100), median ms:', pgd_unroll_rows())
+  lenet = create_classifier('lenet5')
+  print('\nPGD-10 training step (batch 100), median ms:',
+        pgd_step_ms({'rolled': (lenet, False), 'unrolled': (lenet, True)}))
+  print('PGD-10 training step (batch 100, rolled), median ms:',
+        pgd_step_ms({'previous LeNet-5': (PreviousLeNet5(), False),
+                     'current LeNet-5': (lenet, False)}))
 
 
 if __name__ == '__main__':
