@@ -31,7 +31,7 @@ class ExportError(ValueError):
 
 # ----------------------------------------------------------------------------- conversion
 def conv_weight(kernel: np.ndarray) -> np.ndarray:
-  """Flax/PatchConv HWIO (k, k, c_in, c_out) -> PyTorch OIHW. Both cross-correlate."""
+  """Flax HWIO (k, k, c_in, c_out) -> PyTorch OIHW. Both cross-correlate."""
   return np.transpose(kernel, (3, 2, 0, 1))
 
 
