@@ -12,8 +12,9 @@ import tensorflow_datasets as tfds
 
 from conftest import learnable_mnist_mock, make_tiny_mnist_config
 
+from l2lda_jax import data as data_lib
 from l2lda_jax import robustness, train
-from l2lda_jax.attack_specs import AttackNameError, AttackSpec, parse_attacks
+from l2lda_jax.attack_specs import AttackNameError, AttackSpec, parse_attack, parse_attacks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS = 0.3
@@ -193,8 +194,6 @@ def test_generator_attacks_and_figures(plain_run, tmp_path):
 
 def test_restarts_attack_only_the_examples_every_earlier_restart_left_correct(
     plain_run, monkeypatch):
-  from l2lda_jax import data as data_lib
-  from l2lda_jax.attack_specs import parse_attack
   classifier = robustness.restore_classifier(plain_run, 'latest')
   with learnable_mnist_mock():
     test = data_lib.load_dataset(classifier.config.data).test.take(48)
