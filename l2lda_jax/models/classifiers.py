@@ -21,6 +21,17 @@ def _torch_bias_init(fan_in: int):
       key, shape, dtype, -bound, bound)
 
 
+def _conv_params(module: nn.Module, k: int, c: int, features: int):
+  """nn.Conv's 'kernel' (k, k, c, features) and 'bias' with PyTorch's default init."""
+  kernel = module.param('kernel', _torch_kernel_init, (k, k, c, features))
+  bias = module.param('bias', _torch_bias_init(k * k * c), (features,))
+  return kernel, bias
+
+
+def _zero_pad_hw(x: jax.Array, p: int) -> jax.Array:
+  return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+
+
 class PatchConv(nn.Module):
   """A VALID/zero-padded stride-1 conv computed as patches @ kernel.
 
@@ -35,10 +46,8 @@ class PatchConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     k, c = self.kernel_size, x.shape[-1]
-    kernel = self.param('kernel', _torch_kernel_init, (k, k, c, self.features))
-    bias = self.param('bias', _torch_bias_init(k * k * c), (self.features,))
-    p = self.padding
-    x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    kernel, bias = _conv_params(self, k, c, self.features)
+    x = _zero_pad_hw(x, self.padding)
     n, h, w, _ = x.shape
     out_h, out_w = h - k + 1, w - k + 1
     patches = jnp.stack([x[:, i:i + out_h, j:j + out_w, :]
@@ -77,10 +86,8 @@ class RowConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     k, c = self.kernel_size, x.shape[-1]
-    kernel = self.param('kernel', _torch_kernel_init, (k, k, c, self.features))
-    bias = self.param('bias', _torch_bias_init(k * k * c), (self.features,))
-    p = self.padding
-    x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    kernel, bias = _conv_params(self, k, c, self.features)
+    x = _zero_pad_hw(x, self.padding)
     n, h, w, _ = x.shape
     out_h, out_w = h - k + 1, w - k + 1
     rows = jnp.stack([x[:, i:i + out_h] for i in range(k)], axis=2)
