@@ -28,6 +28,7 @@ flags.DEFINE_list('only', [], 'Cases to run (default: all): ' 'pgd10, l2lda_cpu,
 flags.DEFINE_integer('repeats', 3, 'Timed steps per implementation (median reported).')
 flags.DEFINE_boolean('torch', True, 'Also time the PyTorch-eager reference.')
 flags.DEFINE_string('json', '', 'Write the results here as JSON too.')
+flags.DEFINE_string('torch_device', '', 'cpu or cuda (default: cuda when JAX runs on a GPU).')
 
 # name -> (method, batch, T, generator width); batch is before L2L-DA's doubling.
 CASES = {
@@ -37,8 +38,8 @@ CASES = {
 }
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
-  """Measured float32 matmul throughput of this machine through XLA, in FLOP/s."""
+def matmul_peak_flops(n: int, repeats: int = 10) -> float:
+  """Measured float32 matmul throughput (XLA's default precision) through XLA, in FLOP/s."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
   matmul = jax.jit(lambda x: x @ x)
   matmul(a).block_until_ready()
@@ -97,32 +98,38 @@ def time_jax_step(config, repeats: int) -> dict:
   return {'compile_s': compile_seconds, 'median_s': float(np.median(times)), 'flops': flops}
 
 
-def time_torch_step(config, name: str, repeats: int) -> dict:
+def time_torch_step(config, repeats: int, device: str) -> dict:
   import torch
   from bench import torch_reference
   torch.set_num_threads(os.cpu_count())
   batch = config.train.batch_size
   if config.method == 'pgd':
     step_fn, _ = torch_reference.make_pgd_step(batch=batch, k=config.attack.pgd_steps,
-                                               eps=config.eps)
+                                               eps=config.eps, device=device)
   else:
     step_fn, _ = torch_reference.make_l2lda_step(
         batch=batch, T=config.generator.steps, width=config.generator.width, eps=config.eps,
-        lam=config.generator.diversity_weight)
-  result = torch_reference.time_step(step_fn, warmup=1, repeats=repeats)
+        lam=config.generator.diversity_weight, device=device)
+  synchronize = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  result = torch_reference.time_step(step_fn, warmup=2, repeats=repeats,
+                                     synchronize=synchronize)
   return {'median_s': float(result['median'])}
 
 
 def main(argv):
   del argv
-  peak = matmul_peak_flops()
-  print(f'devices: {jax.devices()}  measured f32 matmul peak: {peak / 1e9:.1f} GFLOP/s')
+  on_gpu = jax.default_backend() == 'gpu'
+  peak = matmul_peak_flops(8192 if on_gpu else 2048)
+  torch_device = FLAGS.torch_device or ('cuda' if on_gpu else 'cpu')
+  print(f'devices: {jax.devices()}  measured f32 matmul peak: {peak / 1e9:.1f} GFLOP/s  '
+        f'PyTorch on: {torch_device}')
   rows = []
   for name in FLAGS.only or list(CASES):
     config = case_config(name)
     result = dict(name=name, batch=config.train.batch_size, **time_jax_step(config, FLAGS.repeats))
     if FLAGS.torch:
-      result['torch_median_s'] = time_torch_step(config, name, FLAGS.repeats)['median_s']
+      result['torch_median_s'] = time_torch_step(config, FLAGS.repeats,
+                                                 torch_device)['median_s']
     result['images_per_s'] = config.train.batch_size / result['median_s']  # training images
     result['peak_fraction'] = result['flops'] / result['median_s'] / peak
     rows.append(result)

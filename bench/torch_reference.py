@@ -132,12 +132,12 @@ def input_gradient(classifier: nn.Module, x_adv: torch.Tensor,
   return torch.autograd.grad(loss, x_in, create_graph=False)[0]
 
 
-def random_batch(batch: int, image_shape: tuple, num_classes: int,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-  """uint8-valued random images scaled to [0, 1], and random labels."""
+def random_batch(batch: int, image_shape: tuple, num_classes: int, generator: torch.Generator,
+                 device: str = 'cpu') -> tuple[torch.Tensor, torch.Tensor]:
+  """uint8-valued random images scaled to [0, 1], and random labels, on `device`."""
   images = torch.randint(0, 256, (batch,) + tuple(image_shape), generator=generator) / 255.0
   labels = torch.randint(0, num_classes, (batch,), generator=generator)
-  return images, labels
+  return images.to(device), labels.to(device)
 
 
 def classifier_for(image_shape: tuple, num_classes: int) -> LeNet5:
@@ -183,7 +183,7 @@ def generator_objective(generator, classifier, x, labels, z, *, steps: int, eps:
 
 def make_l2lda_step(batch: int = 100, T: int = 10, width: int = 64,
                     image_shape: tuple = (1, 28, 28), num_classes: int = 10,
-                    eps: float = 0.3, lam: float = 0.02, seed: int = 0):
+                    eps: float = 0.3, lam: float = 0.02, seed: int = 0, device: str = 'cpu'):
   """One L2L-DA training iteration (paper Algorithm 1; SPEC sections 1, 2, 4).
 
   Returns (step_fn, info). step_fn() draws z = [z1; z2], ascends the generator on L_G
@@ -194,15 +194,15 @@ def make_l2lda_step(batch: int = 100, T: int = 10, width: int = 64,
   """
   torch.manual_seed(seed)
   data_rng = torch.Generator().manual_seed(seed)
-  classifier = classifier_for(image_shape, num_classes)
-  generator = Generator(image_shape[0], num_classes, width)
+  classifier = classifier_for(image_shape, num_classes).to(device)
+  generator = Generator(image_shape[0], num_classes, width).to(device)
   classifier_opt, generator_opt = make_optimizer(classifier), make_optimizer(generator)
-  x, y = random_batch(batch, image_shape, num_classes, data_rng)
+  x, y = random_batch(batch, image_shape, num_classes, data_rng, device)
   x2, y2 = torch.cat([x, x]), torch.cat([y, y])
   classifier_labels = torch.cat([y, y2])
 
   def step_fn() -> dict:
-    z = torch.randn(2 * batch, Z_DIM)
+    z = torch.randn(2 * batch, Z_DIM, device=device)
     generator.train()
     with frozen_eval(classifier):
       objective, x_adv = generator_objective(generator, classifier, x2, y2, z, steps=T,
@@ -231,7 +231,8 @@ def pgd_attack(classifier: nn.Module, x: torch.Tensor, labels: torch.Tensor, *,
   return x_adv
 
 
-def make_pgd_step(batch: int = 100, k: int = 10, eps: float = 0.3, seed: int = 0):
+def make_pgd_step(batch: int = 100, k: int = 10, eps: float = 0.3, seed: int = 0,
+                  device: str = 'cpu'):
   """One PGD-k adversarial-training iteration of LeNet-5 (step eps/4; SPEC sections 3, 4, 5).
 
   Returns (step_fn, info); step_fn() returns detached 'x', 'x_adv' and 'classifier_loss'.
@@ -239,9 +240,9 @@ def make_pgd_step(batch: int = 100, k: int = 10, eps: float = 0.3, seed: int = 0
   image_shape, num_classes = (1, 28, 28), 10
   torch.manual_seed(seed)
   data_rng = torch.Generator().manual_seed(seed)
-  classifier = LeNet5(image_shape[0], num_classes)
+  classifier = LeNet5(image_shape[0], num_classes).to(device)
   optimizer = make_optimizer(classifier)
-  x, y = random_batch(batch, image_shape, num_classes, data_rng)
+  x, y = random_batch(batch, image_shape, num_classes, data_rng, device)
   classifier_labels = torch.cat([y, y])
 
   def step_fn() -> dict:
@@ -257,14 +258,19 @@ def make_pgd_step(batch: int = 100, k: int = 10, eps: float = 0.3, seed: int = 0
 
 
 # ----------------------------------------------------------------------------- timing
-def time_step(step_fn, warmup: int = 2, repeats: int = 5) -> dict:
-  """Seconds per call of step_fn: warmup untimed calls, then the median and min of repeats."""
+def time_step(step_fn, warmup: int = 2, repeats: int = 5, synchronize=lambda: None) -> dict:
+  """Seconds per call of step_fn: warmup untimed calls, then the median and min of repeats.
+
+  `synchronize` waits for queued device work (torch.cuda.synchronize on a GPU).
+  """
   for _ in range(warmup):
     step_fn()
+  synchronize()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     step_fn()
+    synchronize()
     times.append(time.perf_counter() - start)
   return {'median': statistics.median(times), 'min': min(times), 'repeats': repeats}
 

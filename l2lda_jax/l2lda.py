@@ -183,11 +183,14 @@ def make_finetune_step(generator, gen_tx, settings: GameSettings, logits_fn):
 
 
 def finetune_generator(gen: GeneratorState, *, generator, gen_tx, settings: GameSettings,
-                       logits_fn, images, labels, steps: int, batch_size: int, key):
+                       logits_fn, images, labels, steps: int, batch_size: int, key,
+                       log=None, log_every: int = 100):
   """N steps of generator training with the classifier fixed.
 
   `images` are float images in [0, 1] (the training split); batches are drawn with
-  replacement from `key`. Returns the fine-tuned GeneratorState and the last objective.
+  replacement from `key`. `log(step, objective)`, if given, is called every `log_every`
+  steps (each call waits for the device). Returns the fine-tuned GeneratorState and the
+  last objective.
   """
   step = make_finetune_step(generator, gen_tx, settings, logits_fn)
   value = jnp.nan
@@ -195,6 +198,8 @@ def finetune_generator(gen: GeneratorState, *, generator, gen_tx, settings: Game
     batch_key, z_key = jax.random.split(jax.random.fold_in(key, i))
     idx = jax.random.randint(batch_key, (batch_size,), 0, images.shape[0])
     gen, value = step(gen, images[idx], labels[idx], z_key)
+    if log is not None and (i + 1) % log_every == 0:
+      log(i + 1, float(value))
   return gen, value
 
 

@@ -265,10 +265,16 @@ def train_learned_attack(kind: str, classifier: Classifier, train: data_lib.Spli
   log(f'{kind}: {origin} for {options.generator_steps} steps against the frozen classifier')
   logits_fn = functools.partial(classifier.apply_fn, classifier.variables)
   start = time.time()
+
+  def log_progress(step, objective):  # ten lines per run: this part can take an hour on a CPU
+    log(f'{kind}: step {step}/{options.generator_steps}, objective {objective:.4f}, '
+        f'{time.time() - start:.0f} s')
+
   gen, objective = l2lda.finetune_generator(
       gen, generator=generator, gen_tx=gen_tx, settings=settings, logits_fn=logits_fn,
       images=data_lib.to_float(jnp.asarray(train.images)), labels=jnp.asarray(train.labels),
-      steps=options.generator_steps, batch_size=options.generator_batch_size, key=key)
+      steps=options.generator_steps, batch_size=options.generator_batch_size, key=key,
+      log=log_progress, log_every=max(1, options.generator_steps // 10))
   log(f'{kind}: generator objective {float(objective):.4f} after '
       f'{time.time() - start:.0f} s')
   return LearnedAttack(gen, generator, settings)

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 
 from l2lda_jax import attacks
 from l2lda_jax import checkpoint as checkpoint_lib
@@ -277,7 +276,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                           image_shape[-1])
   validate = make_evaluator(config, model, mesh, config.eval)
   validation = dataset.validation.take(config.eval.num_examples)
-  # TensorBoard events from process 0 only; progress lines are logged below.
+  # TensorBoard events from process 0 only; progress lines are logged below. clu's writer
+  # imports TensorFlow, so it is imported here: the compiled steps alone need no TF.
+  from clu import metric_writers
   writer = (metric_writers.SummaryWriter(workdir) if jax.process_index() == 0
             else metric_writers.MultiWriter([]))
   train_cfg = config.train

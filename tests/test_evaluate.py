@@ -62,14 +62,14 @@ def plain_run(tmp_path_factory):
   return str(workdir)
 
 
-def _evaluate(workdir, attacks, **overrides):
+def _evaluate(workdir, attacks, log=lambda *_: None, **overrides):
   overrides.setdefault('checkpoint', 'latest')
   options = robustness.EvalOptions(workdir=workdir, attacks=parse_attacks(attacks),
                                    num_examples=48, batch_size=16, progress=False,
                                    **overrides)
   robustness.validate_options(options)
   with learnable_mnist_mock():
-    return robustness.evaluate(options, log=lambda *_: None)
+    return robustness.evaluate(options, log=log)
 
 
 def test_report_rows_bounds_min_and_worst_case(plain_run):
@@ -171,9 +171,12 @@ def test_checks_run_after_the_attacks_and_report_pass_or_fail(plain_run):
 
 
 def test_generator_attacks_and_figures(plain_run, tmp_path):
-  report = _evaluate(plain_run, 'clean,l2lda,l2l', generator_steps=2, generator_draws=2,
-                     generator_unroll_steps=2, generator_batch_size=16,
+  messages = []
+  report = _evaluate(plain_run, 'clean,l2lda,l2l', log=messages.append, generator_steps=2,
+                     generator_draws=2, generator_unroll_steps=2, generator_batch_size=16,
                      figures_dir=str(tmp_path), figure_examples=32, check_pgd_steps=2)
+  progress = [m for m in messages if m.startswith('l2lda: step ')]
+  assert [m.split(',')[0] for m in progress] == ['l2lda: step 1/2', 'l2lda: step 2/2']
   rows = {r['attack']: r for r in report['rows']}
   for name in ('l2lda', 'l2l'):
     assert rows[name]['max_linf'] <= EPS + 1e-6 and rows[name]['max_box_violation'] == 0.0

@@ -1,0 +1,64 @@
+"""Run evaluate.py on a machine without TensorFlow, from a snapshot of the loaded splits.
+
+The lent GPU machines have JAX but neither TensorFlow nor TFDS, and no network. This saves
+the train/validation/test splits exactly as `data.load_dataset` returns them here, and on
+the other machine runs evaluate.py with `load_dataset` reading that snapshot instead:
+
+  python bench/offline_data.py save --config=configs/mnist.py --snapshot=mnist.npz
+  python bench/offline_data.py evaluate --snapshot=mnist.npz --workdir=RUN --attacks=...
+
+Every other evaluate.py flag passes through unchanged.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import evaluate  # noqa: E402  (defines evaluate.py's flags)
+from l2lda_jax import data as data_lib  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('snapshot', None, 'The .npz snapshot of the splits.')
+flags.DEFINE_string('config', 'configs/mnist.py', 'Config file whose `data` section to load '
+                    '(save only).')
+
+SPLITS = ('train', 'validation', 'test')
+
+
+def save_snapshot(dataset: data_lib.Dataset, path: str):
+  arrays = {f'{split}_{field}': getattr(getattr(dataset, split), field)
+            for split in SPLITS for field in ('images', 'labels')}
+  np.savez_compressed(path, name=dataset.name, num_classes=dataset.num_classes,
+                      lossy=dataset.lossy, **arrays)
+
+
+def load_snapshot(path: str) -> data_lib.Dataset:
+  with np.load(path) as f:
+    splits = [data_lib.Split(f[f'{split}_images'], f[f'{split}_labels']) for split in SPLITS]
+    return data_lib.Dataset(str(f['name']), *splits, int(f['num_classes']), bool(f['lossy']))
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in ('save', 'evaluate'):
+    raise app.UsageError('usage: offline_data.py save|evaluate --snapshot=PATH [flags]')
+  if argv[1] == 'save':
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('data_config', FLAGS.config)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    save_snapshot(data_lib.load_dataset(module.get_config().data), FLAGS.snapshot)
+    return
+  dataset = load_snapshot(FLAGS.snapshot)
+  data_lib.load_dataset = lambda data_config: dataset
+  evaluate.main(argv[:1])
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['snapshot'])
+  if 'save' in sys.argv[1:]:
+    FLAGS.set_default('workdir', '')  # evaluate.py requires it; saving needs no run
+  app.run(main)
