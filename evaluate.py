@@ -66,7 +66,7 @@ def main(argv):
     report = robustness.evaluate(options, log=logging.info)
   except (AttackNameError, DataError, robustness.EvaluationError) as e:
     sys.exit(f'error: {e}')
-  report['command'] = ' '.join(['python', 'evaluate.py'] + sys.argv[1:])
+  report['command'] = ' '.join(['python', sys.argv[0]] + sys.argv[1:])  # or a wrapper's name
   output = FLAGS.output or os.path.join(FLAGS.workdir, 'evaluation.json')
   with open(output, 'w') as f:
     json.dump(report, f, indent=2)

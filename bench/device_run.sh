@@ -41,6 +41,7 @@ else
   done
   wait
   timeout "${BENCH_TIMEOUT:-200}" python3 bench/benchmark.py --repeats=10 \
+    --only=l2lda_paper,pgd10,l2lda_cpu \
     --json="$res/bench_gpu.json" > "$res/bench_gpu.log" 2>&1
   tail -5 "$res/bench_gpu.log"
 fi

@@ -83,7 +83,7 @@ def plot_loss_curves(curves: dict, path: str, title: str) -> None:
     ax.plot(steps, mean_max, marker=marker, label=name)
     ax.fill_between(steps, mean_max - mean_std, mean_max + mean_std, alpha=0.2)
   ax.set_xlabel('attack step')
-  ax.set_ylabel('cross-entropy (mean over images of the max over draws)')
+  ax.set_ylabel('cross-entropy: max over draws,\nmean over images (band: +- std)')
   ax.set_title(title)
   ax.legend()
   fig.tight_layout()
