@@ -330,6 +330,8 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
                      options: EvalOptions, eps: float, base_key, log, learned: dict):
   """[(row name, jitted batch eval, key)] for one spec (transfer: one per surrogate).
 
+  The batch eval is None for pgd<k>x<r>, which `restarts_on_survivors` runs instead.
+
   Trained l2lda / l2l generators are kept in `learned` (kind -> LearnedAttack) for the
   figures.
 
@@ -339,6 +341,8 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
   key = attack_key(base_key, spec)
   if spec.kind == 'clean':
     return [(spec.name, make_batch_eval(classifier.apply_fn, None), key)]
+  if spec.kind == 'pgd' and spec.restarts > 1:
+    return [(spec.name, None, key)]  # run by restarts_on_survivors, restart by restart
   if spec.kind in ('fgsm', 'pgd', 'cw', 'mifgsm'):
     attack = gradient_attack(spec, eps, options.pgd_step_size)
     return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
@@ -428,7 +432,7 @@ def evaluate(options: EvalOptions, log=print) -> dict:
     for name, batch_eval, key in _batch_evals_for(spec, classifier, dataset, options, eps,
                                                   base_key, log, learned):
       start = time.time()
-      if spec.kind == 'pgd' and spec.restarts > 1:
+      if batch_eval is None:
         correct, linf, box = restarts_on_survivors(spec, classifier, test, options, eps, key)
       else:
         correct, linf, box = run_batched(batch_eval, classifier.variables, test,
