@@ -44,20 +44,28 @@ class ConditionalBatchNorm(nn.Module):
 
 
 def conv_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A VALID stride-1 convolution as a sum over kernel taps of (N*H*W, C) @ (C, F) matmuls.
+  """A VALID stride-1 convolution as a sum over kernel taps of (rows, C) @ (C, F) matmuls.
 
-  Same result as lax.conv_general_dilated. Its autodiff is matmuls and pads too; XLA:CPU's
-  own convolution gradients (above all the kernel gradient) were several times slower
-  at the generator's shapes (docs/PERFORMANCE.md).
+  Same result as lax.conv_general_dilated. The input is laid out spatial-major and
+  flattened, (Hp * Wp, N, C), so that every tap's window is one contiguous slice (a shift
+  by a * Wp + b rows) rather than a strided copy. Each tap then computes all Wp columns of
+  an output row; the kw - 1 columns past the edge are dropped at the end. Its autodiff is
+  matmuls, slices and pads too: XLA:CPU's own convolution gradients, the kernel gradient
+  above all, were several times slower at the generator's shapes (docs/PERFORMANCE.md).
   """
+  n, hp, wp, c = x.shape
   kh, kw = kernel.shape[:2]
-  oh, ow = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  oh, ow = hp - kh + 1, wp - kw + 1
+  rows = oh * wp
+  # kw - 1 extra zero rows keep the last tap's slice in bounds.
+  flat = jnp.pad(x.transpose(1, 2, 0, 3).reshape(hp * wp, n, c), ((0, kw - 1), (0, 0), (0, 0)))
   out = None
   for a in range(kh):
     for b in range(kw):
-      term = x[:, a:a + oh, b:b + ow] @ kernel[a, b]
+      shift = a * wp + b
+      term = flat[shift:shift + rows].reshape(rows * n, c) @ kernel[a, b]
       out = term if out is None else out + term
-  return out
+  return out.reshape(oh, wp, n, -1)[:, :ow].transpose(2, 0, 1, 3)
 
 
 def _pad_hw(x: jax.Array, p: int) -> jax.Array:
