@@ -47,23 +47,27 @@ def conv_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """A VALID stride-1 convolution as a sum over kernel taps of (rows, C) @ (C, F) matmuls.
 
   Same result as lax.conv_general_dilated. The input is laid out spatial-major and
-  flattened, (Hp * Wp, N, C), so that every tap's window is one contiguous slice (a shift
-  by a * Wp + b rows) rather than a strided copy. Each tap then computes all Wp columns of
-  an output row; the kw - 1 columns past the edge are dropped at the end. Its autodiff is
-  matmuls, slices and pads too: XLA:CPU's own convolution gradients, the kernel gradient
-  above all, were several times slower at the generator's shapes (docs/PERFORMANCE.md).
+  flattened, (Hp * Wp * N, C), and every tap multiplies the whole buffer: a tap (a, b)
+  is then a shift of its product by a * Wp + b rows, and the shifted slices of the
+  products are summed in one fused loop. Slicing the input instead makes XLA:CPU copy
+  each window before its matmul. Each output row is computed at all Wp columns and the
+  kw - 1 past the edge are dropped at the end. XLA:CPU's own convolution gradients, the
+  kernel gradient above all, were several times slower at the generator's shapes
+  (docs/PERFORMANCE.md).
   """
   n, hp, wp, c = x.shape
   kh, kw = kernel.shape[:2]
   oh, ow = hp - kh + 1, wp - kw + 1
   rows = oh * wp
-  # kw - 1 extra zero rows keep the last tap's slice in bounds.
-  flat = jnp.pad(x.transpose(1, 2, 0, 3).reshape(hp * wp, n, c), ((0, kw - 1), (0, 0), (0, 0)))
+  flat = x.transpose(1, 2, 0, 3).reshape(hp * wp * n, c)
   out = None
   for a in range(kh):
     for b in range(kw):
+      product = (flat @ kernel[a, b]).reshape(hp * wp, n, -1)
+      # kw - 1 zero rows keep the last tap's shifted slice in bounds.
+      product = jnp.pad(product, ((0, kw - 1), (0, 0), (0, 0)))
       shift = a * wp + b
-      term = flat[shift:shift + rows].reshape(rows * n, c) @ kernel[a, b]
+      term = product[shift:shift + rows]
       out = term if out is None else out + term
   return out.reshape(oh, wp, n, -1)[:, :ow].transpose(2, 0, 1, 3)
 
