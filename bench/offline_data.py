@@ -14,6 +14,7 @@ import os
 import sys
 
 from absl import app, flags
+from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,8 +24,8 @@ from l2lda_jax import data as data_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('snapshot', None, 'The .npz snapshot of the splits.')
-flags.DEFINE_string('config', 'configs/mnist.py', 'Config file whose `data` section to load '
-                    '(save only).')
+config_flags.DEFINE_config_file('config', 'configs/mnist.py',
+                                'Config whose `data` section to load (save only).')
 
 SPLITS = ('train', 'validation', 'test')
 
@@ -46,11 +47,7 @@ def main(argv):
   if len(argv) != 2 or argv[1] not in ('save', 'evaluate'):
     raise app.UsageError('usage: offline_data.py save|evaluate --snapshot=PATH [flags]')
   if argv[1] == 'save':
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('data_config', FLAGS.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    save_snapshot(data_lib.load_dataset(module.get_config().data), FLAGS.snapshot)
+    save_snapshot(data_lib.load_dataset(FLAGS.config.data), FLAGS.snapshot)
     return
   dataset = load_snapshot(FLAGS.snapshot)
   data_lib.load_dataset = lambda data_config: dataset
