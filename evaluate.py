@@ -47,6 +47,8 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from l2lda_jax import host_memory
+  host_memory.keep_freed_memory()  # before JAX or TensorFlow start threads
   from l2lda_jax import robustness
   from l2lda_jax.attack_specs import AttackNameError, parse_attacks
   from l2lda_jax.data import DataError

@@ -27,6 +27,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  from l2lda_jax import host_memory
+  host_memory.keep_freed_memory()  # before JAX or TensorFlow start threads
   from l2lda_jax import train
   from l2lda_jax.config_validation import ConfigError
   from l2lda_jax.data import DataError

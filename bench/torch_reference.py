@@ -267,12 +267,15 @@ def time_step(step_fn, warmup: int = 2, repeats: int = 5, synchronize=lambda: No
     step_fn()
   synchronize()
   times = []
+  cpu_before = os.times()
   for _ in range(repeats):
     start = time.perf_counter()
     step_fn()
     synchronize()
     times.append(time.perf_counter() - start)
-  return {'median': statistics.median(times), 'min': min(times), 'repeats': repeats}
+  cpu_after = os.times()
+  return {'median': statistics.median(times), 'min': min(times), 'repeats': repeats,
+          'system_s_per_step': (cpu_after.system - cpu_before.system) / repeats}
 
 
 def main():

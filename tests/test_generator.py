@@ -130,3 +130,33 @@ def test_tap_convolutions_equal_the_flax_layers_they_replace(size):
         argnums=(0, 1))(kernel, inputs)
     for got, want in zip(grad(ours), grad(reference)):
       np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize('form', ['im2col', 'wide'])
+@pytest.mark.parametrize('kh,kw', [(3, 3), (2, 2)])
+def test_every_tap_form_is_a_valid_convolution(form, kh, kw):
+  """Each matmul organisation of conv_taps equals XLA's VALID convolution, with gradients."""
+  from l2lda_jax.models.generator import conv_taps
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 5))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (kh, kw, 5, 4))
+  reference = lambda v, k: jax.lax.conv_general_dilated(
+      v, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  ours = lambda v, k: conv_taps(v, k, form)
+  np.testing.assert_allclose(ours(x, kernel), reference(x, kernel), atol=1e-4, rtol=1e-5)
+  grad = lambda conv: jax.grad(lambda v, k: jnp.sum(jnp.sin(conv(v, k))), argnums=(0, 1))(
+      x, kernel)
+  for got, want in zip(grad(ours), grad(reference)):
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-4)
+
+
+def test_conv_form_picks_the_least_data_movement():
+  from l2lda_jax.models.generator import conv_form
+  # Paper width: down0 has 3 + 8 input channels, `final` one output channel.
+  assert conv_form(11, 64, 9) == 'im2col'
+  assert conv_form(128, 1, 9) == 'wide'
+  assert conv_form(4 * 72, 64, 4) == 'wide'  # down1 after space-to-depth
+  assert conv_form(128, 4 * 64, 4) == 'im2col'  # up1's four phases
+  # At width 8 the 3x3 layers and down-convs are wide, the up-convs im2col.
+  assert conv_form(3 + 8, 8, 9) == 'wide'
+  assert conv_form(4 * 16, 8, 4) == 'wide'
+  assert conv_form(16, 4 * 8, 4) == 'im2col'

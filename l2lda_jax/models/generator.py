@@ -43,33 +43,77 @@ class ConditionalBatchNorm(nn.Module):
     return x * gamma + beta
 
 
-def conv_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A VALID stride-1 convolution as a sum over kernel taps of (rows, C) @ (C, F) matmuls.
+def conv_taps(x: jax.Array, kernel: jax.Array, form: str | None = None) -> jax.Array:
+  """A VALID stride-1 convolution as matmuls over the kernel taps.
 
-  Same result as lax.conv_general_dilated. The input is laid out spatial-major and
-  flattened, (Hp * Wp * N, C), and every tap multiplies the whole buffer: a tap (a, b)
-  is then a shift of its product by a * Wp + b rows, and the shifted slices of the
-  products are summed in one fused loop. Slicing the input instead makes XLA:CPU copy
-  each window before its matmul. Each output row is computed at all Wp columns and the
-  kw - 1 past the edge are dropped at the end. XLA:CPU's own convolution gradients, the
+  Same result as lax.conv_general_dilated. XLA:CPU's own convolution gradients, the
   kernel gradient above all, were several times slower at the generator's shapes
-  (docs/PERFORMANCE.md).
+  (docs/PERFORMANCE.md). The input is laid out spatial-major and flattened, (Hp * Wp,
+  N, C), so that a tap (a, b) is a shift by a * Wp + b rows; each output row is
+  computed at all Wp columns and the kw - 1 past the edge are dropped at the end. Of
+  two ways to organise the matmuls, the one that moves fewer floats for this layer's
+  (C, F) is used (`conv_form`) unless `form` names one.
   """
   n, hp, wp, c = x.shape
-  kh, kw = kernel.shape[:2]
+  kh, kw, _, f = kernel.shape
   oh, ow = hp - kh + 1, wp - kw + 1
-  rows = oh * wp
-  flat = x.transpose(1, 2, 0, 3).reshape(hp * wp * n, c)
+  flat = x.transpose(1, 2, 0, 3).reshape(hp * wp, n, c)
+  product = _FORMS[form or conv_form(c, f, kh * kw)]
+  out = product(flat, kernel, wp, oh * wp)
+  return out.reshape(oh, wp, n, f)[:, :ow].transpose(2, 0, 1, 3)
+
+
+def conv_form(c: int, f: int, taps: int) -> str:
+  """'im2col' or 'wide', whichever moves fewer floats per position of the flat buffer.
+
+  im2col: the taps' shifted input windows concatenated along channels, then one
+    matmul: writes and re-reads `taps` windows of C channels, writes F.
+  wide: one matmul with all the taps' outputs side by side, then each tap's block
+    shifted and summed: reads C, writes and re-reads `taps` blocks of F.
+  (A third form, one matmul per tap over the whole input with its product shifted,
+  moves taps * (C + 2F): always more than `wide`, and it measured slower.) So im2col
+  for down0 (few input channels) and the up-convs (4F outputs), wide for `final` (one
+  output channel) and the space-to-depth down-convs (4C inputs).
+  """
+  im2col, wide = 2 * taps * c + f, c + 2 * taps * f
+  return 'im2col' if im2col < wide else 'wide'
+
+
+def _pad_rows(buffer: jax.Array, count: int) -> jax.Array:
+  """`count` zero rows after a (rows, N, ...) buffer: they keep the last tap's shifted
+  slice in bounds."""
+  return jnp.pad(buffer, ((0, count),) + ((0, 0),) * (buffer.ndim - 1))
+
+
+def _matmul(flat: jax.Array, matrix: jax.Array) -> jax.Array:
+  """(rows, N, C) @ (C, F) as one 2-D matmul (faster on XLA:CPU than the 3-D form)."""
+  rows, n, c = flat.shape
+  return (flat.reshape(rows * n, c) @ matrix).reshape(rows, n, -1)
+
+
+def _im2col_product(flat, kernel, wp, rows):
+  """concat over taps of shift(flat), times the kernel as a (kh * kw * C, F) matrix."""
+  kh, kw, c, f = kernel.shape
+  padded = _pad_rows(flat, kw - 1)
+  windows = jnp.concatenate(
+      [padded[a * wp + b:a * wp + b + rows] for a in range(kh) for b in range(kw)], axis=-1)
+  return _matmul(windows, kernel.reshape(kh * kw * c, f))
+
+
+def _wide_product(flat, kernel, wp, rows):
+  """flat @ [K[0, 0] ... K[kh-1, kw-1]] in one matmul, then each tap's block shifted and summed."""
+  kh, kw, c, f = kernel.shape
+  products = _matmul(flat, kernel.transpose(2, 0, 1, 3).reshape(c, kh * kw * f))
+  products = _pad_rows(products.reshape(flat.shape[:2] + (kh * kw, f)), kw - 1)
   out = None
   for a in range(kh):
     for b in range(kw):
-      product = (flat @ kernel[a, b]).reshape(hp * wp, n, -1)
-      # kw - 1 zero rows keep the last tap's shifted slice in bounds.
-      product = jnp.pad(product, ((0, kw - 1), (0, 0), (0, 0)))
-      shift = a * wp + b
-      term = product[shift:shift + rows]
+      term = products[a * wp + b:a * wp + b + rows, :, a * kw + b]
       out = term if out is None else out + term
-  return out.reshape(oh, wp, n, -1)[:, :ow].transpose(2, 0, 1, 3)
+  return out
+
+
+_FORMS = {'im2col': _im2col_product, 'wide': _wide_product}
 
 
 def _pad_hw(x: jax.Array, p: int) -> jax.Array:
