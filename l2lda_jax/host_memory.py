@@ -4,12 +4,13 @@ Each execution of a compiled step allocates its buffers (gigabytes for the paper
 L2L-DA step) and frees them at the end. glibc's malloc hands blocks over 32 MiB straight
 back to the kernel, so every step faults all of them in again: on the 2-core
 development VM, 2 million page faults and 20 s of system time per paper-shape step,
-which made the step 25 s where it now takes 16 s (docs/PERFORMANCE.md). The three
+which made the step 25 s where it now takes 12-16 s (docs/PERFORMANCE.md). The three
 settings below make malloc serve every block from its one heap and never trim it, so
-after the first step the pages are reused.
+after the first steps the pages are reused.
 
-The memory a process holds stays at its peak, which the next step reaches anyway.
-Set L2LDA_KEEP_MALLOC_DEFAULTS=1 to leave malloc as it is.
+The memory a process holds stays at its peak, and fragmentation adds to it (3.2 GB
+instead of 1.9 GB for the `:cpu` L2L-DA step). Set L2LDA_KEEP_MALLOC_DEFAULTS=1 to leave
+malloc as it is.
 """
 
 import ctypes
