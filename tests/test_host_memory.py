@@ -18,6 +18,7 @@ libc.free.argtypes = [ctypes.c_void_p]
 size = int(sys.argv[1])
 def touch_and_free():
   block = libc.malloc(size)
+  assert block, 'malloc failed'
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   ctypes.memset(block, 1, size)
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
@@ -38,7 +39,7 @@ def _second_touch_faults(env_extra, size=64 << 20):
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc only')
 def test_freed_block_is_reused_without_page_faults():
-  kept, faults = _second_touch_faults({})
+  kept, faults = _second_touch_faults({'L2LDA_KEEP_MALLOC_DEFAULTS': '0'})
   assert kept
   # 64 MiB is 16,384 pages of 4 KiB: a re-faulted block shows thousands.
   assert faults < 256
@@ -47,7 +48,8 @@ def test_freed_block_is_reused_without_page_faults():
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc only')
 def test_blocks_over_2_gib_are_reused_too():
   """The paper-shape L2L-DA step frees gigabytes at once: past any int trim threshold."""
-  kept, faults = _second_touch_faults({}, size=(1 << 31) + (64 << 20))
+  kept, faults = _second_touch_faults({'L2LDA_KEEP_MALLOC_DEFAULTS': '0'},
+                                      size=(1 << 31) + (64 << 20))
   assert kept
   assert faults < 256
 
