@@ -25,6 +25,7 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench import step_timer  # noqa: E402
 from configs import mnist  # noqa: E402
 from l2lda_jax import sharding, train  # noqa: E402
 from l2lda_jax.models import create_classifier  # noqa: E402
@@ -95,22 +96,18 @@ def time_jax_step(config, repeats: int) -> dict:
   state, metrics = step(state, images, labels)
   jax.block_until_ready(metrics)
   compile_seconds = time.perf_counter() - start
-  # One more untimed step, as the PyTorch side has two: the host heap settles (grows to
-  # its steady size) over the first steps.
-  state, metrics = step(state, images, labels)
-  jax.block_until_ready(metrics)
-  times = []
-  cpu_before = os.times()
-  for _ in range(repeats):
-    start = time.perf_counter()
+
+  def one_step():
+    nonlocal state
     state, metrics = step(state, images, labels)
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  cpu_after = os.times()
+
+  # One untimed step after the compiling one (PyTorch's side has two): the host heap
+  # settles (grows to its steady size) over the first steps.
+  timing = step_timer.time_step(one_step, warmup=1, repeats=repeats)
   # Kernel time (page faults above all) per step: what host_memory is there to remove.
-  system_seconds = (cpu_after.system - cpu_before.system) / repeats
-  return {'compile_s': compile_seconds, 'median_s': float(np.median(times)), 'flops': flops,
-          'system_s_per_step': system_seconds}
+  return {'compile_s': compile_seconds, 'median_s': float(timing['median']), 'flops': flops,
+          'system_s_per_step': timing['system_s_per_step']}
 
 
 def time_torch_step(config, repeats: int, device: str) -> dict:
@@ -126,8 +123,7 @@ def time_torch_step(config, repeats: int, device: str) -> dict:
         batch=batch, T=config.generator.steps, width=config.generator.width, eps=config.eps,
         lam=config.generator.diversity_weight, device=device)
   synchronize = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-  result = torch_reference.time_step(step_fn, warmup=2, repeats=repeats,
-                                     synchronize=synchronize)
+  result = step_timer.time_step(step_fn, warmup=2, repeats=repeats, synchronize=synchronize)
   return {'median_s': float(result['median']),
           'system_s_per_step': float(result['system_s_per_step'])}
 

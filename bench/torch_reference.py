@@ -15,13 +15,12 @@ Both run on fixed random data held inside the closure (no data loading, no augme
 
 import contextlib
 import os
-import statistics
-import time
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from bench.step_timer import time_step
 from l2lda_jax.torch_models import LeNet5  # the export's module, same architecture
 
 LEARNING_RATE = 0.01
@@ -255,27 +254,6 @@ def make_pgd_step(batch: int = 100, k: int = 10, eps: float = 0.3, seed: int = 0
   info = {'batch': batch, 'classifier_batch': 2 * batch, 'image_shape': image_shape,
           'steps': k, 'eps': eps}
   return step_fn, info
-
-
-# ----------------------------------------------------------------------------- timing
-def time_step(step_fn, warmup: int = 2, repeats: int = 5, synchronize=lambda: None) -> dict:
-  """Seconds per call of step_fn: warmup untimed calls, then the median and min of repeats.
-
-  `synchronize` waits for queued device work (torch.cuda.synchronize on a GPU).
-  """
-  for _ in range(warmup):
-    step_fn()
-  synchronize()
-  times = []
-  cpu_before = os.times()
-  for _ in range(repeats):
-    start = time.perf_counter()
-    step_fn()
-    synchronize()
-    times.append(time.perf_counter() - start)
-  cpu_after = os.times()
-  return {'median': statistics.median(times), 'min': min(times), 'repeats': repeats,
-          'system_s_per_step': (cpu_after.system - cpu_before.system) / repeats}
 
 
 def main():
