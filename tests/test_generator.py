@@ -160,3 +160,77 @@ def test_conv_form_picks_the_least_data_movement():
   assert conv_form(3 + 8, 8, 9) == 'wide'
   assert conv_form(4 * 16, 8, 4) == 'wide'
   assert conv_form(16, 4 * 8, 4) == 'im2col'
+
+
+@pytest.mark.parametrize('size', [28, 32])
+def test_encoder_convs_with_tiled_features_equal_convs_over_the_concatenation(size):
+  """Conv3x3 / DownConv(x, z) = nn.Conv over concat[x, tile(z)], values and all gradients."""
+  from l2lda_jax.models.generator import Conv3x3, DownConv
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 5))
+  z = jax.random.normal(jax.random.PRNGKey(1), (2, 4))
+  pairs = [
+      (Conv3x3(3), nn.Conv(3, (3, 3), padding=((1, 1), (1, 1)), use_bias=False), 3),
+      (DownConv(3), nn.Conv(3, (4, 4), (2, 2), padding=((1, 1), (1, 1)), use_bias=False), 4),
+  ]
+  tile = lambda v: jnp.broadcast_to(v[:, None, None, :], (2, size, size, 4))
+  for ours, reference, k in pairs:
+    kernel = jax.random.normal(jax.random.PRNGKey(k), (k, k, 5 + 4, 3))
+    run_ours = lambda kern, v, u: ours.apply({'params': {'kernel': kern}}, v, u)
+    run_reference = lambda kern, v, u: reference.apply(
+        {'params': {'kernel': kern}}, jnp.concatenate([v, tile(u)], axis=-1))
+    np.testing.assert_allclose(run_ours(kernel, x, z), run_reference(kernel, x, z),
+                               atol=1e-4, rtol=1e-5)
+    grad = lambda run: jax.grad(lambda *a: jnp.sum(jnp.sin(run(*a))), argnums=(0, 1, 2))(
+        kernel, x, z)
+    for got, want in zip(grad(run_ours), grad(run_reference)):
+      np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-4)
+
+
+class _ConcatenatingGenerator(nn.Module):
+  """SPEC section 2 written plainly: z tiled and concatenated, Flax's own convolutions."""
+  num_classes: int = 10
+  width: int = 8
+  z_dim: int = 8
+
+  @nn.compact
+  def __call__(self, inputs, z, labels, train: bool = True):
+    w = self.width
+    cbn = lambda name: ConditionalBatchNorm(self.num_classes, name=name)
+    leaky = lambda v: nn.leaky_relu(v, 0.2)
+    dense = lambda name: nn.Dense(self.z_dim, name=name)
+    zf = nn.relu(dense('z_fc2')(nn.relu(dense('z_fc1')(z))))
+    with_z = lambda v: jnp.concatenate(
+        [v, jnp.broadcast_to(zf[:, None, None, :], v.shape[:3] + (self.z_dim,))], axis=-1)
+    conv3 = lambda f, name: nn.Conv(f, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                                    name=name)
+    down = lambda f, name: nn.Conv(f, (4, 4), (2, 2), padding=((1, 1), (1, 1)),
+                                   use_bias=False, name=name)
+    d0 = leaky(conv3(w, 'down0')(with_z(inputs)))
+    d1 = leaky(cbn('down1_bn')(down(w, 'down1')(with_z(d0)), labels, train))
+    d2 = leaky(down(2 * w, 'down2')(with_z(d1)))
+    u2 = nn.relu(cbn('up2_bn')(conv_transpose_k4s2p1(w, 'up2')(d2), labels, train))
+    u1 = nn.relu(cbn('up1_bn')(conv_transpose_k4s2p1(w, 'up1')(
+        jnp.concatenate([u2, d1], axis=-1)), labels, train))
+    return conv3(1, 'final')(jnp.concatenate([u1, d0], axis=-1))
+
+
+def test_generator_equals_the_plain_concatenating_network():
+  """Same parameters, same outputs, BN statistics and gradients as the unoptimised network."""
+  generator = Generator(out_channels=1, width=8)
+  variables, inputs, z, labels = _init(generator, n=6)
+  reference = _ConcatenatingGenerator()
+
+  def loss(module, params, inputs, z):
+    out, updates = module.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                                inputs, z, labels, train=True, mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(3.0 * out)), (out, updates)
+
+  results = [jax.grad(lambda *a: loss(module, *a), argnums=(0, 1, 2), has_aux=True)(
+      variables['params'], inputs, z) for module in (generator, reference)]
+  (grads, (out, stats)), (ref_grads, (ref_out, ref_stats)) = results
+  np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-4)
+  for got, want in zip(jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(ref_stats)):
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+  assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(ref_grads)
+  for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)

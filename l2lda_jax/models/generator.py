@@ -8,6 +8,7 @@ is the one-shot L2L* generator of Chen et al.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _conv_init = nn.initializers.normal(0.02)
 
@@ -127,14 +128,60 @@ def space_to_depth(x: jax.Array) -> jax.Array:
   return x.reshape(n, h // 2, w // 2, 4 * c)
 
 
+def _split_kernel(kernel: jax.Array, channels: int) -> tuple[jax.Array, jax.Array | None]:
+  """A kernel over concat[x, tile(z)] as (the x part, the z part or None)."""
+  if kernel.shape[2] == channels:
+    return kernel, None
+  return kernel[:, :, :channels], kernel[:, :, channels:]
+
+
+def in_image_taps(out_size: int, in_size: int, k: int, stride: int, pad: int) -> np.ndarray:
+  """(out_size, k) 0/1: 1 where tap a of output i reads input stride * i + a - pad inside the image."""
+  reads = stride * np.arange(out_size)[:, None] + np.arange(k)[None, :] - pad
+  return ((reads >= 0) & (reads < in_size)).astype(np.float32)
+
+
+def tiled_conv(features: jax.Array, kernel: jax.Array, in_hw: tuple[int, int], stride: int,
+               pad: int) -> jax.Array:
+  """conv(tile(features)) for a spatially constant (N, K) input, without tiling it.
+
+  Every tap of output (i, j) sees the same vector, or a zero of the padding, so the
+  result is sum over in-image taps (a, b) of features @ kernel[a, b]: N x taps x F
+  numbers and a 0/1 mask instead of a convolution over H x W x K tiled copies. Exact:
+  the z features are tiled into the encoder convs (SPEC section 2) only for this sum.
+  """
+  kh, kw, k, f = kernel.shape
+  (h, w) = in_hw
+  oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+  rows = in_image_taps(oh, h, kh, stride, pad)
+  cols = in_image_taps(ow, w, kw, stride, pad)
+  mask = (rows[:, None, :, None] * cols[None, :, None, :]).reshape(oh * ow, kh * kw)
+  per_tap = features @ kernel.transpose(2, 0, 1, 3).reshape(k, kh * kw * f)
+  per_tap = per_tap.reshape(-1, kh * kw, f)
+  # A matmul per image (batched over N) rather than one over the shared mask: its
+  # gradient then contracts over positions inside each image, with no transpose of the
+  # (N, H * W, F) output gradient.
+  mask = jnp.broadcast_to(mask, (per_tap.shape[0],) + mask.shape)
+  return jnp.einsum('npt,ntf->npf', mask, per_tap).reshape(-1, oh, ow, f)
+
+
 class Conv3x3(nn.Module):
-  """Conv 3x3, stride 1, padding 1, no bias (down0 and final)."""
+  """Conv 3x3, stride 1, padding 1, no bias (down0 and final).
+
+  With `tiled` (N, K) features, the conv is over concat[x, tile(tiled)]: the kernel has
+  C + K input channels, and the tiled part is computed by `tiled_conv`.
+  """
   features: int
 
   @nn.compact
-  def __call__(self, x):
-    kernel = self.param('kernel', _conv_init, (3, 3, x.shape[-1], self.features))
-    return conv_taps(_pad_hw(x, 1), kernel)
+  def __call__(self, x, tiled=None):
+    extra = 0 if tiled is None else tiled.shape[-1]
+    kernel = self.param('kernel', _conv_init, (3, 3, x.shape[-1] + extra, self.features))
+    kernel, kernel_tiled = _split_kernel(kernel, x.shape[-1])
+    out = conv_taps(_pad_hw(x, 1), kernel)
+    if kernel_tiled is not None:
+      out = out + tiled_conv(tiled, kernel_tiled, x.shape[1:3], 1, 1)
+    return out
 
 
 class DownConv(nn.Module):
@@ -142,17 +189,23 @@ class DownConv(nn.Module):
 
   Computed as space-to-depth of the padded input and a 2x2 stride-1 conv whose kernel
   is the 4x4 kernel regrouped: K'[a, b, (r, s, c)] = K[2a + r, 2b + s, c]. Same
-  parameters and outputs as nn.Conv(features, (4, 4), (2, 2), padding=1).
+  parameters and outputs as nn.Conv(features, (4, 4), (2, 2), padding=1). `tiled`
+  as in `Conv3x3`.
   """
   features: int
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, tiled=None):
     c = x.shape[-1]
-    kernel = self.param('kernel', _conv_init, (4, 4, c, self.features))
+    extra = 0 if tiled is None else tiled.shape[-1]
+    kernel = self.param('kernel', _conv_init, (4, 4, c + extra, self.features))
+    kernel, kernel_tiled = _split_kernel(kernel, c)
     regrouped = kernel.reshape(2, 2, 2, 2, c, self.features).transpose(0, 2, 1, 3, 4, 5)
-    return conv_taps(space_to_depth(_pad_hw(x, 1)),
-                     regrouped.reshape(2, 2, 4 * c, self.features))
+    out = conv_taps(space_to_depth(_pad_hw(x, 1)),
+                    regrouped.reshape(2, 2, 4 * c, self.features))
+    if kernel_tiled is not None:
+      out = out + tiled_conv(tiled, kernel_tiled, x.shape[1:3], 2, 1)
+    return out
 
 
 class UpConv(nn.Module):
@@ -192,11 +245,6 @@ def conv_transpose_k4s2p1(features: int, name: str | None = None) -> nn.ConvTran
                           kernel_init=_conv_init, name=name)
 
 
-def _tile(z_features: jax.Array, like: jax.Array) -> jax.Array:
-  n, h, w, _ = like.shape
-  return jnp.broadcast_to(z_features[:, None, None, :], (n, h, w, z_features.shape[-1]))
-
-
 class Generator(nn.Module):
   """U-Net encoder-decoder on concat[x, gn, delta] (SPEC section 2).
 
@@ -217,16 +265,16 @@ class Generator(nn.Module):
     cbn = lambda name: ConditionalBatchNorm(self.num_classes, name=name)
     leaky = lambda x: nn.leaky_relu(x, 0.2)
 
-    with_z = lambda x: x
+    z_features = None
     if self.z_dim > 0:
       dense = lambda name: nn.Dense(self.z_dim, kernel_init=nn.initializers.xavier_uniform(),
                                     name=name)
       z_features = nn.relu(dense('z_fc2')(nn.relu(dense('z_fc1')(z))))
-      with_z = lambda x: jnp.concatenate([x, _tile(z_features, x)], axis=-1)
 
-    d0 = leaky(Conv3x3(w, name='down0')(with_z(inputs)))
-    d1 = leaky(cbn('down1_bn')(DownConv(w, name='down1')(with_z(d0)), labels, train))
-    d2 = leaky(DownConv(2 * w, name='down2')(with_z(d1)))
+    # Each encoder conv sees concat[h, tile(z_features)] (SPEC section 2).
+    d0 = leaky(Conv3x3(w, name='down0')(inputs, z_features))
+    d1 = leaky(cbn('down1_bn')(DownConv(w, name='down1')(d0, z_features), labels, train))
+    d2 = leaky(DownConv(2 * w, name='down2')(d1, z_features))
     u2 = nn.relu(cbn('up2_bn')(UpConv(w, name='up2')(d2), labels, train))
     u2 = jnp.concatenate([u2, d1], axis=-1)
     u1 = nn.relu(cbn('up1_bn')(UpConv(w, name='up1')(u2), labels, train))
