@@ -151,14 +151,15 @@ def test_every_tap_form_is_a_valid_convolution(form, kh, kw):
 
 def test_conv_form_picks_the_least_data_movement():
   from l2lda_jax.models.generator import conv_form
-  # Paper width: down0 has 3 + 8 input channels, `final` one output channel.
-  assert conv_form(11, 64, 9) == 'im2col'
+  # Paper width: down0 convolves 3 input channels (z is `tiled_conv`), `final` has one output.
+  assert conv_form(3, 64, 9) == 'im2col'
   assert conv_form(128, 1, 9) == 'wide'
-  assert conv_form(4 * 72, 64, 4) == 'wide'  # down1 after space-to-depth
+  assert conv_form(4 * 64, 64, 4) == 'wide'  # down1 after space-to-depth
   assert conv_form(128, 4 * 64, 4) == 'im2col'  # up1's four phases
-  # At width 8 the 3x3 layers and down-convs are wide, the up-convs im2col.
-  assert conv_form(3 + 8, 8, 9) == 'wide'
-  assert conv_form(4 * 16, 8, 4) == 'wide'
+  # At width 8: down0 im2col, `final` and the down-convs wide, the up-convs im2col.
+  assert conv_form(3, 8, 9) == 'im2col'
+  assert conv_form(16, 1, 9) == 'wide'
+  assert conv_form(4 * 8, 8, 4) == 'wide'
   assert conv_form(16, 4 * 8, 4) == 'im2col'
 
 

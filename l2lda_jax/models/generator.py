@@ -143,12 +143,13 @@ def in_image_taps(out_size: int, in_size: int, k: int, stride: int, pad: int) ->
 
 def tiled_conv(features: jax.Array, kernel: jax.Array, in_hw: tuple[int, int], stride: int,
                pad: int) -> jax.Array:
-  """conv(tile(features)) for a spatially constant (N, K) input, without tiling it.
+  """conv(tile(features)): the convolution of a spatially constant (N, K) input.
 
-  Every tap of output (i, j) sees the same vector, or a zero of the padding, so the
-  result is sum over in-image taps (a, b) of features @ kernel[a, b]: N x taps x F
-  numbers and a 0/1 mask instead of a convolution over H x W x K tiled copies. Exact:
-  the z features are tiled into the encoder convs (SPEC section 2) only for this sum.
+  The encoder convs see concat[h, tile(z)] (SPEC section 2); their kernel splits into an
+  h part and a z part, and this is the z part's term. Every tap of output (i, j) reads
+  the same K vector, or a zero of the padding, so the term is the sum over in-image taps
+  (a, b) of features @ kernel[a, b]: N x taps x F products and a 0/1 mask, instead of a
+  convolution over H x W tiled copies (at width 8 that was most of down0's work).
   """
   kh, kw, k, f = kernel.shape
   (h, w) = in_hw
