@@ -136,7 +136,10 @@ def _split_kernel(kernel: jax.Array, channels: int) -> tuple[jax.Array, jax.Arra
 
 
 def in_image_taps(out_size: int, in_size: int, k: int, stride: int, pad: int) -> np.ndarray:
-  """(out_size, k) 0/1: 1 where tap a of output i reads input stride * i + a - pad inside the image."""
+  """(out_size, k) 0/1: 1 where tap a of output i reads an input pixel, not the padding.
+
+  Tap a of output i reads input stride * i + a - pad.
+  """
   reads = stride * np.arange(out_size)[:, None] + np.arange(k)[None, :] - pad
   return ((reads >= 0) & (reads < in_size)).astype(np.float32)
 
