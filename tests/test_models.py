@@ -72,6 +72,26 @@ def test_row_conv_matches_flax_conv_in_values_and_gradients(channels, features, 
 def test_max_pool_matches_flax_max_pool():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 10, 4))
   np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+  odd = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 7, 3))
+  np.testing.assert_array_equal(max_pool_2x2(odd), nn.max_pool(odd, (2, 2), (2, 2)))
+
+
+def test_max_pool_gradient_is_pytorchs():
+  """Without ties: XLA's gradient of nn.max_pool. With ties: all to the first maximum in
+  row-major order, as PyTorch's max_pool2d (blank MNIST background ties after conv1)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 3))
+  g = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 3, 3))
+  grad = lambda pool, v: jax.grad(lambda u: jnp.sum(pool(u) * g))(v)
+  flax_pool = lambda u: nn.max_pool(u, (2, 2), (2, 2))
+  np.testing.assert_array_equal(grad(max_pool_2x2, x), grad(flax_pool, x))
+
+  ties = jnp.zeros((1, 4, 4, 1)).at[0, 2:, 2:, 0].set([[1.0, 3.0], [3.0, 3.0]])
+  upstream = jnp.array([[5.0, 6.0], [7.0, 8.0]]).reshape(1, 2, 2, 1)
+  got = jax.grad(lambda u: jnp.sum(max_pool_2x2(u) * upstream))(ties)[0, :, :, 0]
+  np.testing.assert_array_equal(got, [[5.0, 0.0, 6.0, 0.0],
+                                      [0.0, 0.0, 0.0, 0.0],
+                                      [7.0, 0.0, 0.0, 8.0],
+                                      [0.0, 0.0, 0.0, 0.0]])
 
 
 def test_unknown_model_is_named():

@@ -96,14 +96,53 @@ class RowConv(nn.Module):
     return out.reshape(n, out_h, out_w, self.features) + bias
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2/2 max pooling as a reshape + max.
-
-  Same forward values as nn.max_pool; its gradient is elementwise instead of
-  XLA's select-and-scatter, which is far slower on XLA:CPU.
-  """
+def _pool_windows(x: jax.Array) -> jax.Array:
+  """(N, H, W, C) -> (N, H/2, 2, W/2, 2, C), the 2x2 windows (an odd last row/column dropped)."""
   n, h, w, c = x.shape
-  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2/2 max pooling: the same values as nn.max_pool, and PyTorch's gradient.
+
+  The gradient goes to the first maximum of each window in row-major order, as in
+  PyTorch's max_pool2d, through elementwise selects that XLA:CPU fuses into loops.
+  (XLA's own gradients were slower: select-and-scatter for nn.max_pool, and for a
+  reshape + max a per-window count of ties, which XLA hands to a slow YNNPACK
+  reduction. Ties are common: on MNIST's blank background all four inputs of a window
+  equal relu(bias).)
+  """
+  windows = _pool_windows(x)
+  # Elementwise maxima, not a max-reduction, which XLA:CPU also gives to YNNPACK.
+  rows = jnp.maximum(windows[:, :, 0], windows[:, :, 1])
+  return jnp.maximum(rows[:, :, :, 0], rows[:, :, :, 1])
+
+
+def _max_pool_forward(x):
+  out = max_pool_2x2(x)
+  return out, (x, out)
+
+
+def _max_pool_backward(residuals, grad):
+  x, out = residuals
+  windows = _pool_windows(x)
+  taken = jnp.zeros(out.shape, bool)
+  routed = []
+  for r in (0, 1):
+    for s in (0, 1):
+      first_max = (windows[:, :, r, :, s] == out) & ~taken
+      taken = taken | first_max
+      routed.append(jnp.where(first_max, grad, 0.0))
+  n, h2, w2, c = out.shape
+  # (r, s) back into the window layout: (n, h2, r, w2, s, c).
+  grad_windows = jnp.stack(routed, axis=-2).reshape(n, h2, w2, 2, 2, c)
+  grad_windows = grad_windows.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h2, 2 * w2, c)
+  h, w = x.shape[1:3]
+  return (jnp.pad(grad_windows, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 def _dense(features: int, fan_in: int, name: str):
