@@ -128,11 +128,19 @@ def space_to_depth(x: jax.Array) -> jax.Array:
   return x.reshape(n, h // 2, w // 2, 4 * c)
 
 
-def _split_kernel(kernel: jax.Array, channels: int) -> tuple[jax.Array, jax.Array | None]:
-  """A kernel over concat[x, tile(z)] as (the x part, the z part or None)."""
-  if kernel.shape[2] == channels:
-    return kernel, None
-  return kernel[:, :, :channels], kernel[:, :, channels:]
+def _encoder_kernel(module: nn.Module, size: int, x: jax.Array, tiled, features: int,
+                    stride: int):
+  """The kernel over concat[x, tile(tiled)] as (its x part, the tiled part's conv term).
+
+  The parameter keeps the concatenation's shape (size, size, C + K, F); the term is 0.0
+  without `tiled`. Both encoder convs pad by 1.
+  """
+  c = x.shape[-1]
+  extra = 0 if tiled is None else tiled.shape[-1]
+  kernel = module.param('kernel', _conv_init, (size, size, c + extra, features))
+  if tiled is None:
+    return kernel, 0.0
+  return kernel[:, :, :c], tiled_conv(tiled, kernel[:, :, c:], x.shape[1:3], stride, 1)
 
 
 def in_image_taps(out_size: int, in_size: int, k: int, stride: int, pad: int) -> np.ndarray:
@@ -179,13 +187,8 @@ class Conv3x3(nn.Module):
 
   @nn.compact
   def __call__(self, x, tiled=None):
-    extra = 0 if tiled is None else tiled.shape[-1]
-    kernel = self.param('kernel', _conv_init, (3, 3, x.shape[-1] + extra, self.features))
-    kernel, kernel_tiled = _split_kernel(kernel, x.shape[-1])
-    out = conv_taps(_pad_hw(x, 1), kernel)
-    if kernel_tiled is not None:
-      out = out + tiled_conv(tiled, kernel_tiled, x.shape[1:3], 1, 1)
-    return out
+    kernel, tiled_term = _encoder_kernel(self, 3, x, tiled, self.features, stride=1)
+    return conv_taps(_pad_hw(x, 1), kernel) + tiled_term
 
 
 class DownConv(nn.Module):
@@ -201,15 +204,10 @@ class DownConv(nn.Module):
   @nn.compact
   def __call__(self, x, tiled=None):
     c = x.shape[-1]
-    extra = 0 if tiled is None else tiled.shape[-1]
-    kernel = self.param('kernel', _conv_init, (4, 4, c + extra, self.features))
-    kernel, kernel_tiled = _split_kernel(kernel, c)
+    kernel, tiled_term = _encoder_kernel(self, 4, x, tiled, self.features, stride=2)
     regrouped = kernel.reshape(2, 2, 2, 2, c, self.features).transpose(0, 2, 1, 3, 4, 5)
-    out = conv_taps(space_to_depth(_pad_hw(x, 1)),
-                    regrouped.reshape(2, 2, 4 * c, self.features))
-    if kernel_tiled is not None:
-      out = out + tiled_conv(tiled, kernel_tiled, x.shape[1:3], 2, 1)
-    return out
+    return conv_taps(space_to_depth(_pad_hw(x, 1)),
+                     regrouped.reshape(2, 2, 4 * c, self.features)) + tiled_term
 
 
 class UpConv(nn.Module):
