@@ -1,9 +1,11 @@
 """The names `evaluate.py --attacks=` accepts, parsed into attack specs.
 
-  clean  fgsm  pgd<k>  pgd<k>x<r>  cw<k>  mifgsm<k>  l2lda  l2l  advgan  gap  transfer
+  clean  fgsm  pgd<k>  pgd<k>x<r>  cw<k>  mifgsm<k>  square  square<q>  l2lda  l2l  advgan
+  gap  transfer
 
 A name means one fixed attack: `pgd100x10` is PGD-100 with 10 random restarts and
-best-iterate tracking; `cw1000` is CW with 1000 Adam steps (SPEC section 6).
+best-iterate tracking; `cw1000` is CW with 1000 Adam steps (SPEC section 6); `square`
+is the Linf Square attack with AutoAttack's 5,000 queries, `square1000` with 1,000.
 """
 
 import dataclasses
@@ -11,11 +13,15 @@ import re
 
 GRADIENT_KINDS = ('fgsm', 'pgd', 'cw', 'mifgsm')
 GENERATOR_KINDS = ('l2lda', 'l2l', 'advgan', 'gap')
-KINDS = ('clean',) + GRADIENT_KINDS + GENERATOR_KINDS + ('transfer',)
+SCORE_KINDS = ('square',)  # black-box, from the logits only
+KINDS = ('clean',) + GRADIENT_KINDS + SCORE_KINDS + GENERATOR_KINDS + ('transfer',)
+SQUARE_QUERIES = 5000  # AutoAttack's standard budget
 
 _STEPPED = re.compile(r'^(pgd|cw|mifgsm)(\d+)(?:x(\d+))?$')
+_SQUARE = re.compile(r'^square(\d+)?$')
 HELP = ('clean, fgsm, pgd<k> (e.g. pgd100), pgd<k>x<r> (r restarts), cw<k> (e.g. cw1000), '
-        'mifgsm<k>, l2lda, l2l, advgan, gap, transfer')
+        'mifgsm<k>, square (5000 queries), square<q> (q queries), l2lda, l2l, advgan, gap, '
+        'transfer')
 
 
 class AttackNameError(ValueError):
@@ -26,7 +32,7 @@ class AttackNameError(ValueError):
 class AttackSpec:
   name: str       # as the user wrote it, used as the table row
   kind: str       # one of KINDS
-  steps: int = 0  # gradient steps (pgd, cw, mifgsm)
+  steps: int = 0  # gradient steps (pgd, cw, mifgsm); query budget (square)
   restarts: int = 1
 
 
@@ -35,6 +41,12 @@ def parse_attack(name: str) -> AttackSpec:
   text = name.strip().lower()
   if text in ('clean', 'fgsm', 'transfer') + GENERATOR_KINDS:
     return AttackSpec(text, text)
+  square = _SQUARE.match(text)
+  if square:
+    queries = int(square.group(1) or SQUARE_QUERIES)
+    if queries < 1:
+      raise AttackNameError(f'--attacks: {name!r} needs at least one query')
+    return AttackSpec(text, 'square', queries)
   match = _STEPPED.match(text)
   if not match:
     raise AttackNameError(f'--attacks: unknown attack {name!r} (known: {HELP})')

@@ -346,6 +346,9 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
   if spec.kind in ('fgsm', 'pgd', 'cw', 'mifgsm'):
     attack = gradient_attack(spec, eps, options.pgd_step_size)
     return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
+  if spec.kind == 'square':  # score-based: catches gradient masking (spec.steps = queries)
+    attack = functools.partial(attacks.square_linf, eps=eps, n_queries=spec.steps)
+    return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
   if spec.kind in ('l2lda', 'l2l'):
     learned[spec.kind] = train_learned_attack(spec.kind, classifier, dataset.train, options,
                                               eps, key, log)

@@ -9,9 +9,10 @@ from l2lda_jax.attacks.gradient import (Best, cw, fgsm, keep_better, mi_fgsm, no
 from l2lda_jax.attacks.losses import (LOSSES, attack_objective, cross_entropy, margin,
                                       targeted_cross_entropy, targeted_margin)
 from l2lda_jax.attacks.projection import project_linf, random_start
+from l2lda_jax.attacks.square import SquareResult, square_linf, square_linf_run
 
 __all__ = [
     'Best', 'LOSSES', 'attack_objective', 'cross_entropy', 'cw', 'fgsm', 'keep_better',
     'margin', 'mi_fgsm', 'no_best', 'pgd', 'project_linf', 'random_start', 'restart_keys',
-    'targeted_cross_entropy', 'targeted_margin',
+    'SquareResult', 'square_linf', 'square_linf_run', 'targeted_cross_entropy', 'targeted_margin',
 ]
