@@ -48,6 +48,7 @@ def get_config(variant: str = ''):
     config.log_every_steps = 2
     config.generator.width = 8
     config.generator.steps = 2
+    config.generator.step_size = common.authors_reach_step(config, 2)
   elif variant:
     raise ValueError(f'configs/cifar10.py: unknown variant {variant!r} (use cpu or smoke)')
   return config

@@ -24,6 +24,31 @@ def _positive_int(config, field: str):
   _require(isinstance(value, int) and value >= 1, field, value, 'must be an integer >= 1')
 
 
+def generator_reach(steps: int, step_size: float) -> float:
+  """T * eps_step: the farthest the recursive attack can move a pixel (SPEC section 1)."""
+  return steps * step_size
+
+
+def reaches(steps: int, step_size: float, eps: float) -> bool:
+  """Whether T steps of eps_step can reach the eps-ball boundary (float round-off allowed)."""
+  return generator_reach(steps, step_size) >= eps * (1 - 1e-9)
+
+
+def _check_reach(config) -> None:
+  """An L2L-DA generator that cannot reach eps trains a classifier that is not robust at eps:
+  an error unless the run asks for it (generator.allow_short_reach, for studies)."""
+  g = config.generator
+  if config.method != 'l2lda' or g.get('allow_short_reach', False):
+    return
+  if not reaches(g.steps, g.step_size, config.eps):
+    raise ConfigError(
+        f'config.generator.steps x config.generator.step_size = {g.steps} x {g.step_size:g} '
+        f'= reach {generator_reach(g.steps, g.step_size):g} < config.eps {config.eps:g}: the '
+        f'generator can never reach the eps-ball boundary. Raise generator.step_size to at '
+        f'least {config.eps / g.steps:g} (or generator.steps), or set '
+        f'generator.allow_short_reach=True to study a short reach on purpose')
+
+
 def validate_config(config, num_devices: int | None = None) -> None:
   """Raises ConfigError naming the first invalid field of a training config."""
   num_devices = jax.device_count() if num_devices is None else num_devices
@@ -36,7 +61,7 @@ def validate_config(config, num_devices: int | None = None) -> None:
                 'eval.every_steps', 'eval.batch_size', 'eval.pgd_steps', 'test.pgd_steps',
                 'test.batch_size', 'checkpoint.every_steps', 'checkpoint.keep',
                 'log_every_steps', 'data.validation_size', 'generator.width',
-                'generator.z_dim', 'generator.steps'):
+                'generator.z_dim', 'generator.steps', 'generator.updates_per_step'):
     _positive_int(config, field)
   for field in ('train.batch_size', 'eval.batch_size', 'test.batch_size'):
     section, name = field.split('.')
@@ -66,6 +91,7 @@ def validate_config(config, num_devices: int | None = None) -> None:
                        ('generator.learning_rate', g.learning_rate),
                        ('generator.grad_clip_norm', g.grad_clip_norm)):
     _require(value > 0, field, value, 'must be > 0')
+  _check_reach(config)
   _require(g.diversity_weight >= 0, 'generator.diversity_weight', g.diversity_weight,
            'must be >= 0 (0 turns the diversity loss off)')
   _require(g.weight_decay >= 0, 'generator.weight_decay', g.weight_decay, 'must be >= 0')

@@ -10,7 +10,7 @@ gradient normalisation, x_adv = clip(x + eps * tanh(G(x, g))).
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -40,6 +40,7 @@ class GameSettings:
   z_dim: int
   num_classes: int  # 0: plain BN (no label input)
   width: int
+  generator_updates: int = 1  # generator ascent steps per classifier update
 
 
 def game_settings(config, num_classes: int) -> GameSettings:
@@ -49,12 +50,12 @@ def game_settings(config, num_classes: int) -> GameSettings:
     options = learned.UnrollOptions(eps=config.eps, steps=1, step_size=config.eps,
                                     use_delta=False, normalize_grad='batch_max',
                                     unroll=g.unroll)
-    return GameSettings(options, 0.0, 1, 0, 0, g.width)
+    return GameSettings(options, 0.0, 1, 0, 0, g.width, g.updates_per_step)
   options = learned.UnrollOptions(eps=config.eps, steps=g.steps, step_size=g.step_size,
                                   use_delta=g.use_delta, normalize_grad=g.normalize_grad,
                                   unroll=g.unroll)
   return GameSettings(options, g.diversity_weight, 2, g.z_dim,
-                      num_classes if g.use_label else 0, g.width)
+                      num_classes if g.use_label else 0, g.width, g.updates_per_step)
 
 
 def make_generator(settings: GameSettings, channels: int) -> Generator:
@@ -100,13 +101,35 @@ def draw_latents(key, batch: int, settings: GameSettings) -> jax.Array:
   return jax.random.normal(key, (settings.draws * batch, settings.z_dim))
 
 
+class GameTrace(NamedTuple):
+  """What one recursive attack did, per step t: what the progress line shows of the game."""
+  ce: jax.Array  # [T] CE_mean(f(x_adv_t), y)
+  diversity: jax.Array  # [T] L_div,t (zeros for L2L*)
+  gn_norm: jax.Array  # [T] mean per-channel ||gn_t||_2 (1 when normalised per channel)
+
+
+def boundary_share(x, x_adv, eps: float) -> jax.Array:
+  """The share of pixels that x_adv moved to the eps boundary (|x_adv - x| >= eps, to float
+  precision): 0 means the attack never reached the radius it is tested at."""
+  return jnp.mean(jnp.abs(x_adv - x) >= eps * (1 - 1e-5))
+
+
+def game_metrics(trace: GameTrace, x, x_adv, eps: float) -> dict:
+  """The generator's side of the game for the log: CE after each step, the diversity and
+  gn norm of the last step, and how much of x_adv_T sits on the eps boundary."""
+  metrics = {f'generator_ce_t{t + 1}': trace.ce[t] for t in range(trace.ce.shape[0])}
+  metrics.update(generator_ce_last=trace.ce[-1], gn_channel_norm=jnp.mean(trace.gn_norm),
+                 adv_boundary_share=boundary_share(x, x_adv, eps))
+  return metrics
+
+
 def generator_objective(gen_params, gen_batch_stats, *, generator, logits_fn, x, labels, z,
                         settings: GameSettings):
   """L_G = sum_t [CE_mean(f(x_adv_t), y) + lambda * L_div,t] (to be maximised).
 
-  Returns (L_G, (x_adv_T, new batch_stats, per-step CE, per-step L_div)).
+  Returns (L_G, (x_adv_T, new batch_stats, GameTrace)).
   """
-  x_advs, batch_stats = learned.recursive_attack(
+  x_advs, batch_stats, gn_norms = learned.recursive_attack(
       generator_fn_for(generator, gen_params), logits_fn, x, labels, z, gen_batch_stats,
       settings.options)
   steps, n = x_advs.shape[:2]
@@ -118,7 +141,7 @@ def generator_objective(gen_params, gen_batch_stats, *, generator, logits_fn, x,
   else:
     div = jnp.zeros((steps,))
   objective = jnp.sum(ce) + settings.diversity_weight * jnp.sum(div)
-  return objective, (x_advs[-1], batch_stats, ce, div)
+  return objective, (x_advs[-1], batch_stats, GameTrace(ce, div, gn_norms))
 
 
 def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: GameSettings,
@@ -130,20 +153,25 @@ def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: 
                        data_config.horizontal_flip)
   batch, draws = x.shape[0], settings.draws
   x_rep, y_rep = jnp.tile(x, (draws, 1, 1, 1)), jnp.tile(labels, draws)
-  z = draw_latents(z_key, batch, settings)
   classifier_vars = {'params': state.params, 'batch_stats': state.batch_stats}
   logits_fn = lambda v: model.apply(classifier_vars, v, train=False)
 
-  gen = state.generator
-  objective = functools.partial(generator_objective, generator=generator, logits_fn=logits_fn,
-                                x=x_rep, labels=y_rep, z=z, settings=settings)
-  (gen_objective, (x_adv, gen_stats, ce, div)), gen_grads = jax.value_and_grad(
-      objective, has_aux=True)(gen.params, gen.batch_stats)
-  ascent = jax.tree_util.tree_map(jnp.negative, gen_grads)  # maximise L_G
-  gen_updates, gen_opt_state = gen_tx.update(ascent, gen.opt_state, gen.params)
-  new_gen = GeneratorState(optax.apply_updates(gen.params, gen_updates), gen_stats,
-                           gen_opt_state)
+  new_gen = state.generator
+  for update in range(settings.generator_updates):  # static: unrolled into the one step
+    gen = new_gen
+    z = draw_latents(z_key if update == 0 else jax.random.fold_in(z_key, update), batch,
+                     settings)
+    objective = functools.partial(generator_objective, generator=generator,
+                                  logits_fn=logits_fn, x=x_rep, labels=y_rep, z=z,
+                                  settings=settings)
+    (gen_objective, (x_adv, gen_stats, trace)), gen_grads = jax.value_and_grad(
+        objective, has_aux=True)(gen.params, gen.batch_stats)
+    ascent = jax.tree_util.tree_map(jnp.negative, gen_grads)  # maximise L_G
+    gen_updates, gen_opt_state = gen_tx.update(ascent, gen.opt_state, gen.params)
+    new_gen = GeneratorState(optax.apply_updates(gen.params, gen_updates), gen_stats,
+                             gen_opt_state)
 
+  # The classifier sees the attack of the generator before its last update (Algorithm 1).
   x_adv = jax.lax.stop_gradient(x_adv)
   inputs = jnp.concatenate([x, x_adv])
   input_labels = jnp.concatenate([labels, y_rep])
@@ -153,12 +181,13 @@ def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: 
   new_state = new_state.replace(generator=new_gen)
   correct = jnp.argmax(logits, -1) == input_labels
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
-             'generator_objective': gen_objective, 'generator_ce_last': ce[-1],
+             'generator_objective': gen_objective,
              'generator_grad_norm': optax.tree.norm(gen_grads),
              'train_clean_accuracy': jnp.mean(correct[:batch]),
-             'train_adv_accuracy': jnp.mean(correct[batch:])}
+             'train_adv_accuracy': jnp.mean(correct[batch:]),
+             **game_metrics(trace, x_rep, x_adv, settings.options.eps)}
   if draws == 2:
-    metrics['diversity_last'] = div[-1]
+    metrics['diversity_last'] = trace.diversity[-1]
   return new_state, metrics
 
 
@@ -173,7 +202,7 @@ def make_finetune_step(generator, gen_tx, settings: GameSettings, logits_fn):
     objective = functools.partial(generator_objective, generator=generator,
                                   logits_fn=logits_fn, x=x_rep, labels=y_rep, z=z,
                                   settings=settings)
-    (value, (_, stats, _, _)), grads = jax.value_and_grad(objective, has_aux=True)(
+    (value, (_, stats, _)), grads = jax.value_and_grad(objective, has_aux=True)(
         gen.params, gen.batch_stats)
     updates, opt_state = gen_tx.update(jax.tree_util.tree_map(jnp.negative, grads),
                                        gen.opt_state, gen.params)
@@ -215,7 +244,7 @@ def generator_attack_examples(gen: GeneratorState, *, generator, settings: GameS
 
   def one_draw(draw_key):
     z = jax.random.normal(draw_key, (x.shape[0], z_dim))[:, :settings.z_dim]
-    x_advs, _ = learned.recursive_attack(generator_fn, logits_fn, x, labels, z,
+    x_advs, _, _ = learned.recursive_attack(generator_fn, logits_fn, x, labels, z,
                                          gen.batch_stats, settings.options)
     return x_advs[-1]
 

@@ -172,21 +172,84 @@ def make_train_steps(config, model, tx, num_classes: int, channels: int):
 
 
 # ----------------------------------------------------------------------------- evaluation
-def make_evaluator(config, model, mesh, eval_config):
-  """(variables, split) -> {'clean_accuracy', 'robust_accuracy'} under PGD of eval_config."""
+# Validation attacks PGD at these multiples of eps as well: a cliff between them says at
+# what radius the defense stops (a generator that cannot reach eps shows one at its reach).
+VALIDATION_EPS_MULTIPLES = (0.5, 1.0, 1.25)
+
+
+def robust_key(multiple: float) -> str:
+  """The report key of PGD accuracy at multiple x eps ('robust_accuracy' at eps itself)."""
+  return 'robust_accuracy' if multiple == 1.0 else f'robust_accuracy_eps_x{multiple:g}'
+
+
+def make_evaluator(config, model, mesh, eval_config, eps_multiples=(1.0,)):
+  """(variables, split) -> {'clean_accuracy', robust_key(m) for m in eps_multiples} under
+  PGD of eval_config at m x eps (the step scaled with the radius)."""
   apply_fn = inference_apply(model)
-  pgd = functools.partial(attacks.pgd, eps=config.eps, steps=eval_config.pgd_steps,
-                          step_size=eval_config.pgd_step_size, unroll=config.attack.unroll)
   clean_fn = evaluation.make_correct_fn(apply_fn, None)
-  robust_fn = evaluation.make_correct_fn(apply_fn, pgd)
+  robust_fns = {}
+  for multiple in eps_multiples:
+    pgd = functools.partial(attacks.pgd, eps=multiple * config.eps, steps=eval_config.pgd_steps,
+                            step_size=multiple * eval_config.pgd_step_size,
+                            unroll=config.attack.unroll)
+    robust_fns[robust_key(multiple)] = evaluation.make_correct_fn(apply_fn, pgd)
   key = jax.random.PRNGKey(config.seed + 1)
 
   def evaluate(variables, split):
     run = lambda fn: float(np.mean(evaluation.per_example_correct(
         fn, variables, split, eval_config.batch_size, key, mesh)))
-    return {'clean_accuracy': run(clean_fn), 'robust_accuracy': run(robust_fn)}
+    return {'clean_accuracy': run(clean_fn),
+            **{name: run(fn) for name, fn in robust_fns.items()}}
 
   return evaluate
+
+
+def make_generator_evaluator(config, model, mesh, num_classes: int, channels: int):
+  """(state, split) -> accuracy under the run's own generator (one z draw per image).
+
+  Set beside PGD at validation, it says who is winning the game: a generator far weaker
+  than PGD is one the classifier has learned to beat without becoming robust.
+  """
+  settings = l2lda.game_settings(config, num_classes)
+  generator = l2lda.make_generator(settings, channels)
+  apply_fn = inference_apply(model)
+
+  def correct(variables, images, labels, key):
+    logits_fn = functools.partial(apply_fn, variables['classifier'])
+    return l2lda.generator_attack_correct(
+        variables['generator'], generator=generator, settings=settings, logits_fn=logits_fn,
+        x=data_lib.to_float(images), labels=labels, key=key, draws=1)
+
+  correct_fn = jax.jit(correct)
+  key = jax.random.PRNGKey(config.seed + 2)
+
+  def evaluate(state, split):
+    variables = {'classifier': state.variables, 'generator': state.generator}
+    return float(np.mean(evaluation.per_example_correct(
+        correct_fn, variables, split, config.eval.batch_size, key, mesh)))
+
+  return evaluate
+
+
+def validation_scalars(validate, validate_generator, state, split) -> dict:
+  """The validation view of the run, with TensorBoard names (val_*)."""
+  scalars = {f'val_{k}': v for k, v in validate(state.variables, split).items()}
+  if validate_generator is not None:
+    scalars['val_generator_accuracy'] = validate_generator(state, split)
+  return scalars
+
+
+def validation_line(scalars: dict, pgd_steps: int) -> str:
+  """'clean 0.98, PGD-20 0.90 (eps x0.5 0.95, eps x1.25 0.40), generator 0.93'."""
+  others = [f'eps x{m:g} {scalars["val_" + robust_key(m)]:.4f}'
+            for m in VALIDATION_EPS_MULTIPLES if m != 1.0 and 'val_' + robust_key(m) in scalars]
+  line = (f'clean {scalars["val_clean_accuracy"]:.4f}, PGD-{pgd_steps} '
+          f'{scalars["val_robust_accuracy"]:.4f}')
+  if others:
+    line += f' ({", ".join(others)})'
+  if 'val_generator_accuracy' in scalars:
+    line += f', own generator {scalars["val_generator_accuracy"]:.4f}'
+  return line
 
 
 # ----------------------------------------------------------------------------- logging
@@ -239,11 +302,17 @@ def resolve_run_length(config):
     if not isinstance(overrides[field], int) or overrides[field] < 0:
       raise ConfigError(f'config.l2lda_run.{field}: {overrides[field]!r} must be an integer '
                         '>= 0 (0 keeps config.train\'s)')
+  warmup = overrides.get('clean_warmup_steps', -1)
+  if not isinstance(warmup, int) or warmup < -1:
+    raise ConfigError(f'config.l2lda_run.clean_warmup_steps: {warmup!r} must be an integer '
+                      '>= -1 (-1 keeps config.train\'s)')
   config = config.copy_and_resolve_references()
-  for field in ('steps', 'batch_size', 'lr_decay_steps'):
-    value = overrides[field]
+  for field in ('steps', 'batch_size', 'lr_decay_steps', 'learning_rate'):
+    value = overrides.get(field)
     if value:
       config.train[field] = value
+  if warmup >= 0:
+    config.train.clean_warmup_steps = warmup
   return config
 
 
@@ -274,7 +343,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   clean_step, adv_step = make_train_steps(config, model, tx, dataset.num_classes,
                                           image_shape[-1])
-  validate = make_evaluator(config, model, mesh, config.eval)
+  validate = make_evaluator(config, model, mesh, config.eval, VALIDATION_EPS_MULTIPLES)
+  validate_generator = (make_generator_evaluator(config, model, mesh, dataset.num_classes,
+                                                 image_shape[-1])
+                        if config.method == 'l2lda' else None)
   validation = dataset.validation.take(config.eval.num_examples)
   # TensorBoard events from process 0 only; progress lines are logged below. clu's writer
   # imports TensorFlow, so it is imported here: the compiled steps alone need no TF.
@@ -304,16 +376,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
       scalars = _fetch_and_check(pending, last_good, workdir)
       pending = []
       scalars['learning_rate'] = float(learning_rate_schedule(train_cfg)(done))
+      if config.method in GENERATOR_METHODS:
+        scalars['generator_learning_rate'] = float(config.generator.learning_rate)
       writer.write_scalars(done, scalars)
       logging.info('%s%s | %s', lossy_tag, progress.line(done),
                    ' '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
     if eval_now:
-      val = validate(state.variables, validation)
-      val_scalars = {'val_clean_accuracy': val['clean_accuracy'],
-                     'val_robust_accuracy': val['robust_accuracy']}
+      val_scalars = validation_scalars(validate, validate_generator, state, validation)
       writer.write_scalars(done, val_scalars)
-      logging.info('%svalidation at step %d: clean %.4f, PGD-%d %.4f', lossy_tag, done,
-                   val['clean_accuracy'], config.eval.pgd_steps, val['robust_accuracy'])
+      logging.info('%svalidation at step %d: %s', lossy_tag, done,
+                   validation_line(val_scalars, config.eval.pgd_steps))
       checkpoints.save_if_best(done, state, val_scalars)
     if save_now:
       checkpoints.save(done, state)

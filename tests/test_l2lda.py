@@ -42,6 +42,19 @@ def test_one_compiled_step_updates_both_networks_and_their_bn_statistics():
   assert float(metrics['generator_grad_norm']) > 0
 
 
+def test_k_generator_updates_per_classifier_update():
+  """updates_per_step=2: the first ascent is the k=1 step, the second moves the generator
+  further, and the classifier trains on the once-updated generator's attack."""
+  config = mnist.get_config('smoke')
+  config.method = 'l2lda'
+  _, one, _ = _one_game_step(config, (28, 28, 1))
+  config.generator.updates_per_step = 2
+  _, two, metrics = _one_game_step(config, (28, 28, 1))
+  assert int(two.step) == 1 and np.isfinite(metrics['generator_objective'])
+  assert all(_leaves_changed(one.generator.params, two.generator.params))
+  assert any(_leaves_changed(one.params, two.params))
+
+
 def test_l2l_star_is_one_shot_without_z_label_or_delta():
   config = mnist.get_config('smoke')
   config.method = 'l2l'
@@ -87,10 +100,12 @@ def test_generator_objective_sums_ce_and_weighted_diversity():
   x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
   x, y = jnp.concatenate([x, x]), jnp.tile(jnp.arange(4), 2)
   z = l2lda.draw_latents(jax.random.PRNGKey(2), 4, settings)
-  value, (x_adv, _, ce, div) = l2lda.generator_objective(
+  value, (x_adv, _, trace) = l2lda.generator_objective(
       gen.params, gen.batch_stats, generator=generator, logits_fn=logits_fn, x=x, labels=y,
       z=z, settings=settings)
-  assert ce.shape == div.shape == (settings.options.steps,)
+  ce, div = trace.ce, trace.diversity
+  assert ce.shape == div.shape == trace.gn_norm.shape == (settings.options.steps,)
+  np.testing.assert_allclose(trace.gn_norm, 1.0, rtol=1e-4)  # normalised per channel
   assert float(value) == pytest.approx(float(jnp.sum(ce) + 0.5 * jnp.sum(div)), rel=1e-6)
   assert float(jnp.max(jnp.abs(x_adv - x))) <= config.eps + 1e-6
   assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0

@@ -42,7 +42,7 @@ def _setup(channels_in=3, n=4):
 def test_every_step_stays_in_eps_ball_and_pixel_box():
   x, y, z, params = _setup()
   options = learned.UnrollOptions(eps=EPS, steps=6, step_size=0.2)
-  x_advs, calls = learned.recursive_attack(_toy_generator(params), _classifier(), x, y, z,
+  x_advs, calls, _ = learned.recursive_attack(_toy_generator(params), _classifier(), x, y, z,
                                            jnp.zeros(()), options)
   assert x_advs.shape == (6,) + x.shape
   assert int(calls) == 6  # state threaded through every step
@@ -55,14 +55,14 @@ def test_scan_equals_a_python_loop_with_z_held_fixed():
   x, y, z, params = _setup()
   options = learned.UnrollOptions(eps=EPS, steps=4, step_size=0.1)
   generator_fn, logits_fn = _toy_generator(params), _classifier()
-  x_advs, _ = learned.recursive_attack(generator_fn, logits_fn, x, y, z, jnp.zeros(()),
+  x_advs, _, _ = learned.recursive_attack(generator_fn, logits_fn, x, y, z, jnp.zeros(()),
                                        options)
   delta, stats = jnp.zeros_like(x), jnp.zeros(())
   for t in range(4):  # the same z at every step
-    delta, x_adv, stats = learned.attack_cell(generator_fn, logits_fn, x, y, z, delta, stats,
+    delta, x_adv, stats, _ = learned.attack_cell(generator_fn, logits_fn, x, y, z, delta, stats,
                                               options)
     np.testing.assert_allclose(x_advs[t], x_adv, atol=1e-6)
-  other, _ = learned.recursive_attack(generator_fn, logits_fn, x, y, z + 1.0, jnp.zeros(()),
+  other, _, _ = learned.recursive_attack(generator_fn, logits_fn, x, y, z + 1.0, jnp.zeros(()),
                                       options)
   assert not np.allclose(other, x_advs)  # z does reach the output
 
@@ -85,6 +85,28 @@ def test_gradient_normalisation_is_per_sample_and_channel():
   assert np.all(np.isfinite(learned.normalize_gradient(jnp.zeros_like(grad), 'channel')))
 
 
+def test_a_tiny_gradient_still_normalises_to_unit_norm_per_channel():
+  """A confident classifier's batch-mean gradient can be 1e-10 per pixel: gn must still have
+  unit norm per sample and channel (SPEC: 1e-15 inside the norm, not a floor on it)."""
+  grad = 1e-10 * jax.random.normal(jax.random.PRNGKey(0), (3, 5, 5, 2))
+  gn = learned.normalize_gradient(grad, 'channel')
+  np.testing.assert_allclose(jnp.sqrt(jnp.sum(gn ** 2, axis=(1, 2))), 1.0, rtol=1e-4)
+  assert float(learned.channel_norm_mean(gn)) == pytest.approx(1.0, rel=1e-4)
+  mixed = grad.at[1].set(0.0)  # an exactly zero gradient stays zero, without NaN
+  gn = learned.normalize_gradient(mixed, 'channel')
+  assert np.all(np.isfinite(gn)) and float(jnp.max(jnp.abs(gn[1]))) == 0.0
+
+
+def test_recursive_attack_reports_the_gn_norm_of_every_step():
+  x, y, z, params = _setup()
+  options = learned.UnrollOptions(eps=EPS, steps=3, step_size=0.1)
+  _, _, gn_norms = learned.recursive_attack(_toy_generator(params), _classifier(), x, y, z,
+                                            jnp.zeros(()), options)
+  assert gn_norms.shape == (3,)
+  np.testing.assert_allclose(gn_norms, 1.0, rtol=1e-4)
+  assert learned.reach(options) == pytest.approx(0.3)
+
+
 def test_diversity_loss_by_hand():
   x_adv = jnp.array([[[[0.0]], [[1.0]]], [[[0.5]], [[0.5]]],    # b = 0, 1
                      [[[1.0]], [[1.0]]], [[[0.5]], [[0.0]]]])   # b + B
@@ -102,7 +124,7 @@ def test_one_step_without_delta_is_the_one_shot_generator():
   options = learned.UnrollOptions(eps=EPS, steps=1, step_size=EPS, use_delta=False,
                                   normalize_grad='batch_max')
   generator_fn, logits_fn = _toy_generator(params), _classifier()
-  x_advs, _ = learned.recursive_attack(generator_fn, logits_fn, x, y, z, jnp.zeros(()), options)
+  x_advs, _, _ = learned.recursive_attack(generator_fn, logits_fn, x, y, z, jnp.zeros(()), options)
   grad = jax.grad(lambda v: jnp.mean(learned.cross_entropy(logits_fn(v), y)))(x)
   gn = grad / (jnp.max(jnp.abs(grad)) + learned.GRAD_NORM_EPS)
   direction, _ = generator_fn(jnp.concatenate([x, gn], -1), z, y, jnp.zeros(()))
@@ -111,7 +133,7 @@ def test_one_step_without_delta_is_the_one_shot_generator():
 
 
 def _objective(params, x, y, z, options):
-  x_advs, _ = learned.recursive_attack(_toy_generator(params), _classifier(), x, y, z,
+  x_advs, _, _ = learned.recursive_attack(_toy_generator(params), _classifier(), x, y, z,
                                        jnp.zeros(()), options)
   logits = _classifier()(x_advs.reshape(-1, *x.shape[1:]))
   return jnp.mean(learned.cross_entropy(logits, jnp.tile(y, options.steps)))
@@ -140,7 +162,7 @@ def test_input_gradient_is_stop_gradiented():
 
   # Reference: evaluate each step's input gradient at the current params, then freeze it.
   logits_fn = _classifier()
-  _, x_adv1, _ = learned.attack_cell(_toy_generator(params), logits_fn, x, y, z,
+  _, x_adv1, _, _ = learned.attack_cell(_toy_generator(params), logits_fn, x, y, z,
                                      jnp.zeros_like(x), jnp.zeros(()), options)
   frozen = [learned.input_gradient(logits_fn, x, y),
             learned.input_gradient(logits_fn, x_adv1, y)]

@@ -20,6 +20,24 @@ def test_lenet5_has_61706_parameters_and_outputs_logits():
   assert out.shape == (3, 10)
 
 
+def test_lenet5_starts_from_the_authors_weights_init_normal():
+  """Conv weights N(0, 0.02), linear weights Xavier-uniform, biases zero (the authors'
+  `weights_init_normal`, applied to a LeNet-5 trained from scratch)."""
+  params = LeNet5().init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))['params']
+  for name in ('conv1', 'conv2', 'conv3'):
+    kernel = np.asarray(params[name]['kernel'])
+    sigma = 0.02 / np.sqrt(kernel.size)  # of the sample mean; the sample std's is ~0.7x
+    assert abs(kernel.std() - 0.02) < 4 * sigma and abs(kernel.mean()) < 4 * sigma, name
+    assert not np.any(params[name]['bias'])
+  conv3 = np.asarray(params['conv3']['kernel'])
+  assert np.abs(conv3).max() > 0.06  # a normal, not U(+-1/sqrt(400) = 0.05)
+  for name, (fan_in, fan_out) in (('fc1', (120, 84)), ('fc2', (84, 10))):
+    kernel = np.asarray(params[name]['kernel'])
+    bound = np.sqrt(6 / (fan_in + fan_out))
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound, name
+    assert not np.any(params[name]['bias'])
+
+
 def test_resnet20_parameter_count_and_shapes():
   model = ResNet20()
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))

@@ -36,10 +36,42 @@ def _restore_params(workdir, step=None):
   return _restore(workdir, step)['params']
 
 
+def _logged_scalars(workdir) -> dict:
+  """{tag: [values in step order]} from the run's TensorBoard events."""
+  import tensorflow as tf
+  scalars = {}
+  for path in sorted(glob.glob(os.path.join(str(workdir), 'events.out.tfevents.*'))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+  return scalars
+
+
+GAME_SCALARS = ('generator_ce_t1', 'generator_ce_t2', 'adv_boundary_share', 'gn_channel_norm',
+                'train_adv_accuracy', 'generator_learning_rate', 'val_generator_accuracy',
+                'val_robust_accuracy', 'val_robust_accuracy_eps_x0.5',
+                'val_robust_accuracy_eps_x1.25')
+
+
+def _assert_the_game_is_observable(workdir, log_text: str):
+  """The L2L-DA issue's view of the game: in TensorBoard and on the progress lines."""
+  scalars = _logged_scalars(workdir)
+  missing = [tag for tag in GAME_SCALARS if tag not in scalars]
+  assert not missing, f'not logged: {missing}'
+  # The generator's steps reach eps (SPEC: T * step >= eps): some pixels sit on the boundary.
+  assert max(scalars['adv_boundary_share']) > 0
+  assert all(0.9 < v <= 1.0 + 1e-4 for v in scalars['gn_channel_norm'])
+  for tag in ('generator_ce_t1', 'adv_boundary_share', 'gn_channel_norm'):
+    assert tag in log_text
+  assert 'own generator' in log_text and 'eps x1.25' in log_text
+
+
 @pytest.mark.parametrize('method', ['plain', 'fgsm', 'pgd', 'cw', 'l2lda', 'l2l'])
-def test_every_method_trains_checkpoints_and_reports(method, tiny_mnist_config, tmp_path):
+def test_every_method_trains_checkpoints_and_reports(method, tiny_mnist_config, tmp_path,
+                                                    caplog):
   config = tiny_mnist_config
   config.method = method
+  caplog.set_level('INFO')
   report = _run(config, tmp_path)
   assert report['method'] == method and report['steps'] == 6
   for key in ('last', 'best_on_validation'):
@@ -55,6 +87,8 @@ def test_every_method_trains_checkpoints_and_reports(method, tiny_mnist_config, 
   trained = _restore_params(tmp_path)
   changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), init, trained)
   assert all(jax.tree_util.tree_leaves(changed))
+  if method == 'l2lda':
+    _assert_the_game_is_observable(tmp_path, caplog.text)
 
 
 @pytest.mark.parametrize('method', ['pgd', 'l2lda'])

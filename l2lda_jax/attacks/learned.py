@@ -11,7 +11,10 @@ import jax.numpy as jnp
 
 from l2lda_jax.attacks.losses import cross_entropy
 
-GRAD_NORM_EPS = 1e-12
+# The authors' stabiliser, added to g inside the norm (SPEC section 1): ||g + 1e-15||_2.
+# g is the gradient of a batch-mean loss, so an example's gradient is scaled by
+# 1/batch; any constant much larger than this would shrink gn for confident examples.
+GRAD_NORM_EPS = 1e-15
 
 
 class UnrollOptions(NamedTuple):
@@ -25,9 +28,15 @@ class UnrollOptions(NamedTuple):
 
 
 def normalize_gradient(grad: jax.Array, mode: str) -> jax.Array:
-  """gn = grad / ||grad||_2 per sample and channel over H x W (code), or L2L*'s batch max-abs."""
+  """gn = g / ||g + 1e-15||_2 per sample and channel over H x W (SPEC section 1, code),
+  or L2L*'s batch max-abs.
+
+  Any gradient above ~1e-13 normalises to unit norm per channel; an exactly zero one
+  stays zero (the stabiliser keeps the norm positive).
+  """
   if mode == 'channel':
-    norm = jnp.sqrt(jnp.sum(grad * grad, axis=(1, 2), keepdims=True) + GRAD_NORM_EPS)
+    shifted = grad + GRAD_NORM_EPS
+    norm = jnp.sqrt(jnp.sum(shifted * shifted, axis=(1, 2), keepdims=True))
     return grad / norm
   if mode == 'batch_max':
     return grad / (jnp.max(jnp.abs(grad)) + GRAD_NORM_EPS)
@@ -42,37 +51,52 @@ def input_gradient(logits_fn: Callable, x_adv: jax.Array, labels: jax.Array) -> 
   return jax.lax.stop_gradient(grad)
 
 
+def reach(options: UnrollOptions) -> float:
+  """How far the attack can move a pixel before the eps clip: T * eps_step (SPEC section 1).
+
+  Below eps the generator never reaches the boundary of the ball it is tested on.
+  """
+  return options.steps * options.step_size
+
+
+def channel_norm_mean(gn: jax.Array) -> jax.Array:
+  """The mean over samples and channels of ||gn||_2 over H x W (1 when normalised)."""
+  return jnp.mean(jnp.sqrt(jnp.sum(gn * gn, axis=(1, 2))))
+
+
 def attack_cell(generator_fn, logits_fn, x, labels, z, delta, batch_stats,
                 options: UnrollOptions):
   """One step of Eq. 5: delta_{t+1} = Proj_S(delta_t + eps_step * tanh(G(x, gn_t, delta_t; z, y))).
 
-  Returns (delta_{t+1}, x_adv_{t+1}, batch_stats). delta is not stop-gradiented, so the
-  generator loss backpropagates through the whole chain.
+  Returns (delta_{t+1}, x_adv_{t+1}, batch_stats, mean per-channel norm of gn_t). delta
+  is not stop-gradiented, so the generator loss backpropagates through the whole chain.
   """
   x_adv = jnp.clip(x + delta, 0.0, 1.0)
   gn = normalize_gradient(input_gradient(logits_fn, x_adv, labels), options.normalize_grad)
   parts = [x, gn, delta] if options.use_delta else [x, gn]
   direction, batch_stats = generator_fn(jnp.concatenate(parts, axis=-1), z, labels, batch_stats)
   delta = jnp.clip(delta + options.step_size * jnp.tanh(direction), -options.eps, options.eps)
-  return delta, jnp.clip(x + delta, 0.0, 1.0), batch_stats
+  return delta, jnp.clip(x + delta, 0.0, 1.0), batch_stats, channel_norm_mean(gn)
 
 
 def recursive_attack(generator_fn, logits_fn, x, labels, z, batch_stats,
                      options: UnrollOptions):
   """T cells in one lax.scan from delta_0 = 0, z held fixed over the T steps.
 
-  Returns (x_adv of every step, shape [T, N, H, W, C], final batch_stats).
+  Returns (x_adv of every step, shape [T, N, H, W, C], final batch_stats, the mean
+  per-channel norm of gn at every step, shape [T]).
   """
 
   def step(carry, _):
     delta, stats = carry
-    delta, x_adv, stats = attack_cell(generator_fn, logits_fn, x, labels, z, delta, stats,
-                                      options)
-    return (delta, stats), x_adv
+    delta, x_adv, stats, gn_norm = attack_cell(generator_fn, logits_fn, x, labels, z, delta,
+                                               stats, options)
+    return (delta, stats), (x_adv, gn_norm)
 
-  (_, batch_stats), x_advs = jax.lax.scan(step, (jnp.zeros_like(x), batch_stats), None,
-                                          length=options.steps, unroll=options.unroll)
-  return x_advs, batch_stats
+  (_, batch_stats), (x_advs, gn_norms) = jax.lax.scan(
+      step, (jnp.zeros_like(x), batch_stats), None, length=options.steps,
+      unroll=options.unroll)
+  return x_advs, batch_stats, gn_norms
 
 
 def diversity_loss(x_adv: jax.Array, z: jax.Array) -> jax.Array:

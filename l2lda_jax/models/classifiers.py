@@ -1,7 +1,10 @@
 """Classifiers of SPEC section 3: LeNet-5 (MNIST) and ResNet-20 (CIFAR-10).
 
 Both take NHWC images in [0, 1] and return logits, so every attack works in pixel
-space. Initialisers follow PyTorch's defaults, as the authors' code used them.
+space. LeNet-5 starts from the authors' `weights_init_normal` (code; SPEC section 3 is
+silent on it), which their trainer applies to a classifier trained from scratch:
+convolution weights N(0, 0.02), linear weights Xavier-uniform, every bias zero. The
+authors' ResNet-20 starts from pre-trained weights, so its initialisation is He et al.'s.
 """
 
 from typing import Sequence
@@ -11,20 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# PyTorch's default Conv/Linear init: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
-_torch_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
-
-
-def _torch_bias_init(fan_in: int):
-  bound = 1.0 / jnp.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-      key, shape, dtype, -bound, bound)
+# The authors' weights_init_normal (code): conv N(0, 0.02), linear Xavier-uniform, bias 0.
+_conv_kernel_init = nn.initializers.normal(0.02)
+_dense_kernel_init = nn.initializers.xavier_uniform()
 
 
 def _conv_params(module: nn.Module, k: int, c: int, features: int):
-  """nn.Conv's 'kernel' (k, k, c, features) and 'bias' with PyTorch's default init."""
-  kernel = module.param('kernel', _torch_kernel_init, (k, k, c, features))
-  bias = module.param('bias', _torch_bias_init(k * k * c), (features,))
+  """nn.Conv's 'kernel' (k, k, c, features) and 'bias', initialised as the authors' code."""
+  kernel = module.param('kernel', _conv_kernel_init, (k, k, c, features))
+  bias = module.param('bias', nn.initializers.zeros, (features,))
   return kernel, bias
 
 
@@ -145,9 +143,9 @@ def _max_pool_backward(residuals, grad):
 max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
-def _dense(features: int, fan_in: int, name: str):
-  return nn.Dense(features, kernel_init=_torch_kernel_init,
-                  bias_init=_torch_bias_init(fan_in), name=name)
+def _dense(features: int, name: str):
+  return nn.Dense(features, kernel_init=_dense_kernel_init, bias_init=nn.initializers.zeros,
+                  name=name)
 
 
 class LeNet5(nn.Module):
@@ -163,8 +161,8 @@ class LeNet5(nn.Module):
     x = max_pool_2x2(x)
     x = nn.relu(PatchConv(120, 5, name='conv3')(x))
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(_dense(84, 120, 'fc1')(x))
-    return _dense(self.num_classes, 84, 'fc2')(x)
+    x = nn.relu(_dense(84, 'fc1')(x))
+    return _dense(self.num_classes, 'fc2')(x)
 
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
