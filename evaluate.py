@@ -21,9 +21,12 @@ flags.DEFINE_string('checkpoint_dir', '', 'One saved step directory, e.g. WORKDI
                     'overrides --checkpoint (the config still comes from --workdir).')
 flags.DEFINE_list('attacks', ['clean', 'fgsm', 'pgd100', 'cw1000'],
                   'Comma list: clean, fgsm, pgd<k>, pgd<k>x<r>, cw<k>, mifgsm<k>, l2lda, l2l, '
-                  'advgan, gap, transfer.')
+                  'advgan, gap, square, square<q>, transfer.')
 flags.DEFINE_float('eps', None, 'Linf radius in [0, 1] (default: the run\'s config.eps).')
-flags.DEFINE_integer('num_examples', 0, 'Test examples to use (0: the whole test set).')
+flags.DEFINE_integer('num_examples', 0, 'Examples to use (0: the whole split).')
+flags.DEFINE_enum('split', 'test', ['test', 'validation'],
+                  'test (report), or validation: the held-out training images, for choosing '
+                  'between recipes or checkpoints without looking at the test set.')
 flags.DEFINE_integer('batch_size', 500, 'Evaluation batch size.')
 flags.DEFINE_integer('seed', 0, 'Seed of random starts, z draws and generator training.')
 flags.DEFINE_float('pgd_step_size', None, 'PGD step (default: eps/4 for k <= 20, else eps/12).')
@@ -56,7 +59,7 @@ def main(argv):
     options = robustness.EvalOptions(
         workdir=FLAGS.workdir, attacks=parse_attacks(FLAGS.attacks),
         checkpoint=FLAGS.checkpoint, checkpoint_dir=FLAGS.checkpoint_dir, eps=FLAGS.eps,
-        num_examples=FLAGS.num_examples, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+        num_examples=FLAGS.num_examples, split=FLAGS.split, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
         pgd_step_size=FLAGS.pgd_step_size, surrogates=FLAGS.surrogates,
         transfer_attack=FLAGS.transfer_attack, generator_steps=FLAGS.generator_steps,
         generator_draws=FLAGS.generator_draws,

@@ -27,7 +27,7 @@ LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-5
 GRAD_CLIP_NORM = 1.0
-GRAD_NORM_EPS = 1e-12
+GRAD_NORM_EPS = 1e-15  # inside the norm, as the authors' code
 Z_DIM = 8
 
 
@@ -148,8 +148,8 @@ def classifier_for(image_shape: tuple, num_classes: int) -> LeNet5:
 
 # ----------------------------------------------------------------------------- L2L-DA
 def normalize_gradient(grad: torch.Tensor) -> torch.Tensor:
-  """grad / ||grad||_2, the norm per sample and channel over H x W (SPEC section 1)."""
-  return grad / torch.sqrt(grad.pow(2).sum(dim=(2, 3), keepdim=True) + GRAD_NORM_EPS)
+  """grad / ||grad + 1e-15||_2, the norm per sample and channel over H x W (SPEC section 1)."""
+  return grad / (grad + GRAD_NORM_EPS).norm(dim=(2, 3), keepdim=True)
 
 
 def diversity_loss(x_adv: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

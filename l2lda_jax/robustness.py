@@ -28,7 +28,12 @@ from l2lda_jax import l2lda
 from l2lda_jax import sanity
 from l2lda_jax import sharding
 from l2lda_jax.attack_specs import AttackSpec, parse_attack, pgd_step_size
+from l2lda_jax.config_validation import reaches
 from l2lda_jax.models import create_classifier
+
+
+# The l2lda attack's generator step, as a fraction of eps (SPEC section 6: T = 10 of eps/4).
+L2LDA_ATTACK_STEP = 0.25
 
 
 class EvaluationError(RuntimeError):
@@ -43,7 +48,8 @@ class EvalOptions:
   checkpoint: str = 'best'  # best | latest | a step number
   checkpoint_dir: str = ''  # one orbax step directory, instead of workdir's managers
   eps: Optional[float] = None  # None: the run's config.eps
-  num_examples: int = 0  # 0: the whole test set
+  num_examples: int = 0  # 0: the whole split
+  split: str = 'test'  # or 'validation': to compare recipes without touching the test set
   batch_size: int = 500
   seed: int = 0
   pgd_step_size: Optional[float] = None  # None: attack_specs.pgd_step_size
@@ -81,6 +87,13 @@ def validate_options(options: EvalOptions) -> None:
   for name, value in non_negative.items():
     if value < 0:
       raise EvaluationError(f'--{name}: must be at least 0, got {value}')
+  if options.split not in ('test', 'validation'):
+    raise EvaluationError(f'--split: {options.split!r} is not test or validation')
+  if not reaches(options.generator_unroll_steps, L2LDA_ATTACK_STEP, 1.0):
+    raise EvaluationError(
+        f'--generator_unroll_steps: {options.generator_unroll_steps} steps of eps/4 reach '
+        f'{options.generator_unroll_steps / 4:g} eps, short of the eps-ball boundary; use at '
+        f'least 4 (SPEC: 10)')
   if options.pgd_step_size is not None and options.pgd_step_size <= 0:
     raise EvaluationError(f'--pgd_step_size: must be positive, got {options.pgd_step_size}')
   checkpoint = str(options.checkpoint).lower()
@@ -252,7 +265,7 @@ def train_learned_attack(kind: str, classifier: Classifier, train: data_lib.Spli
   config = generator_config(classifier, kind, options.generator_unroll_steps)
   config.eps = eps
   if kind == 'l2lda':
-    config.generator.step_size = eps / 4
+    config.generator.step_size = eps * L2LDA_ATTACK_STEP
   settings = l2lda.game_settings(config, _num_classes(config))
   channels = train.images.shape[-1]
   generator = l2lda.make_generator(settings, channels)
@@ -427,7 +440,8 @@ def evaluate(options: EvalOptions, log=print) -> dict:
   if not 0.0 <= eps <= 1.0:
     raise EvaluationError(f'--eps: {eps} is outside [0, 1]')
   dataset = data_lib.load_dataset(config.data)
-  test = dataset.test.take(options.num_examples) if options.num_examples else dataset.test
+  split = dataset.test if options.split == 'test' else dataset.validation
+  test = split.take(options.num_examples) if options.num_examples else split
   base_key = jax.random.PRNGKey(options.seed)
   rows, correct_by_attack, learned = [], {}, {}
   for spec in options.attacks:
@@ -450,7 +464,7 @@ def evaluate(options: EvalOptions, log=print) -> dict:
   report = {
       'workdir': os.path.abspath(options.workdir), 'checkpoint_step': classifier.step,
       'method': config.method, 'dataset': dataset.name, 'lossy_data': dataset.lossy,
-      'eps': eps, 'num_examples': len(test), 'seed': options.seed,
+      'eps': eps, 'split': options.split, 'num_examples': len(test), 'seed': options.seed,
       'platform': jax.devices()[0].platform, 'device_count': jax.device_count(),
       'date': time.strftime('%Y-%m-%d'), 'rows': rows,
   }

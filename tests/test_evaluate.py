@@ -116,9 +116,19 @@ def test_checkpoint_selection_and_its_errors(plain_run):
       plain_run, 'clean', checkpoint='30')['rows'][0]['accuracy']
 
 
+def test_validation_split_is_evaluated_instead_of_the_test_set(plain_run):
+  """--split=validation: recipes are compared on held-out training images, never the test set."""
+  report = _evaluate(plain_run, 'clean', split='validation')
+  assert report['split'] == 'validation'
+  assert report['num_examples'] == 32  # the tiny config's validation_size (48 asked)
+  assert _evaluate(plain_run, 'clean')['num_examples'] == 48
+
+
 @pytest.mark.parametrize('overrides, message', [
     ({'eps': 1.5}, '--eps'), ({'batch_size': 0}, '--batch_size'),
     ({'checkpoint': 'newest'}, '--checkpoint'), ({'surrogates': ['/nonexistent']}, '--surrogates'),
+    ({'generator_unroll_steps': 3}, '--generator_unroll_steps: 3 steps of eps/4 reach 0.75 eps'),
+    ({'split': 'train'}, '--split'),
 ])
 def test_bad_options_name_their_flag(plain_run, overrides, message):
   options = robustness.EvalOptions(workdir=plain_run, attacks=parse_attacks('clean'),
@@ -173,7 +183,7 @@ def test_checks_run_after_the_attacks_and_report_pass_or_fail(plain_run):
 def test_generator_attacks_and_figures(plain_run, tmp_path):
   messages = []
   report = _evaluate(plain_run, 'clean,l2lda,l2l', log=messages.append, generator_steps=2,
-                     generator_draws=2, generator_unroll_steps=2, generator_batch_size=16,
+                     generator_draws=2, generator_unroll_steps=4, generator_batch_size=16,
                      figures_dir=str(tmp_path), figure_examples=32, check_pgd_steps=2)
   progress = [m for m in messages if m.startswith('l2lda: step ')]
   assert [m.split(',')[0] for m in progress] == ['l2lda: step 1/2', 'l2lda: step 2/2']
@@ -186,7 +196,7 @@ def test_generator_attacks_and_figures(plain_run, tmp_path):
   with open(tmp_path / 'figure2.json') as f:
     curves = json.load(f)['curves']
   lengths = {name.split(' ')[0]: len(c['mean_max']) for name, c in curves.items()}
-  assert lengths == {'PGD-2': 2, 'L2L-DA': 2, 'L2L*': 1}
+  assert lengths == {'PGD-4': 4, 'L2L-DA': 4, 'L2L*': 1}  # PGD runs the generator's T
   one_shot = next(c for name, c in curves.items() if name.startswith('L2L*'))
   assert one_shot['mean_std'] == [0.0]  # no z: every draw is the same attack
   with open(tmp_path / 'accuracy_vs_eps.json') as f:
