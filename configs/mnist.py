@@ -38,10 +38,10 @@ def get_config(variant: str = ''):
     config.generator.steps = 3
     config.generator.step_size = authors_reach_step(config, 3)
     config.generator.learning_rate = 0.05  # 1:1 with the classifier (train.learning_rate)
-    config.l2lda_run.steps = 15_000
+    config.l2lda_run.steps = 18_000
     config.l2lda_run.batch_size = 50
     config.l2lda_run.clean_warmup_steps = 2_000
-    config.l2lda_run.lr_decay_steps = (12_000, 14_000)
+    config.l2lda_run.lr_decay_steps = (14_500, 17_000)
     # Every checkpoint of the hour is kept (small): robustness against training minutes.
     config.checkpoint.keep = 15
   elif variant == 'smoke':

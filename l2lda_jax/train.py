@@ -240,7 +240,7 @@ def validation_scalars(validate, validate_generator, state, split) -> dict:
 
 
 def validation_line(scalars: dict, pgd_steps: int) -> str:
-  """'clean 0.98, PGD-20 0.90 (eps x0.5 0.95, eps x1.25 0.40), generator 0.93'."""
+  """'clean 0.98, PGD-20 0.90 (eps x0.5 0.95, eps x1.25 0.40), own generator 0.93'."""
   others = [f'eps x{m:g} {scalars["val_" + robust_key(m)]:.4f}'
             for m in VALIDATION_EPS_MULTIPLES if m != 1.0 and 'val_' + robust_key(m) in scalars]
   line = (f'clean {scalars["val_clean_accuracy"]:.4f}, PGD-{pgd_steps} '
