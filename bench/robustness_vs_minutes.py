@@ -1,0 +1,98 @@
+"""Per-example worst-case robustness of every kept checkpoint of a run, against training minutes.
+
+  python bench/robustness_vs_minutes.py --workdir=runs/mnist_cpu_l2lda \
+      --attacks=pgd100,square --split=validation --num_examples=1000 \
+      --output=docs/figures/robustness_vs_minutes_mnist_cpu_l2lda.png
+
+Runs evaluate.py's report (l2lda_jax.robustness.evaluate) on each checkpoint in
+WORKDIR/checkpoints, with `clean` added, and plots each attack's accuracy and the
+per-example worst case against the minute of training at which the checkpoint was saved
+(the wall clock of the run's TensorBoard events at that step, since its first logged
+step). It answers "how long would this recipe have to train to reach X". Use
+--split=validation when the curve is used to choose anything.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.training_curves import read_scalars  # noqa: E402
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of WORKDIR/checkpoints/<step>, ascending."""
+  folder = os.path.join(workdir, 'checkpoints')
+  return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+
+
+def minute_of_step(scalars: dict, step: int) -> float:
+  """Training minutes at the first logged event at or after `step` (validation and saves
+  happen at the same step)."""
+  times = [seconds for points in scalars.values() for s, seconds, _ in points if s >= step]
+  return min(times) / 60 if times else float('nan')
+
+
+def evaluate_checkpoints(args) -> list[dict]:
+  from l2lda_jax import robustness
+  from l2lda_jax.attack_specs import parse_attacks
+  scalars = read_scalars(args.workdir)
+  points = []
+  for step in checkpoint_steps(args.workdir):
+    options = robustness.EvalOptions(
+        workdir=args.workdir, attacks=parse_attacks(['clean'] + args.attacks.split(',')),
+        checkpoint=str(step), split=args.split, num_examples=args.num_examples,
+        batch_size=args.batch_size, progress=False)
+    robustness.validate_options(options)
+    report = robustness.evaluate(options, log=lambda *_: None)
+    point = {'step': step, 'minutes': minute_of_step(scalars, step),
+             'worst_case_accuracy': report['worst_case_accuracy'],
+             **{row['attack']: row['accuracy'] for row in report['rows']}}
+    print(json.dumps(point), flush=True)
+    points.append(point)
+  return points
+
+
+def plot(points: list[dict], attacks: list[str], title: str, output: str) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  minutes = [p['minutes'] for p in points]
+  for name in ['clean'] + attacks:
+    ax.plot(minutes, [p[name] for p in points], marker='o', markersize=3, label=name)
+  ax.plot(minutes, [p['worst_case_accuracy'] for p in points], marker='s', color='black',
+          label='per-example worst case')
+  ax.set_xlabel('training minutes (wall clock)')
+  ax.set_ylabel('accuracy')
+  ax.set_title(title, fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(output, dpi=100)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--attacks', default='pgd100,square')
+  parser.add_argument('--split', default='validation', choices=['validation', 'test'])
+  parser.add_argument('--num_examples', type=int, default=1000)
+  parser.add_argument('--batch_size', type=int, default=500)
+  parser.add_argument('--output', required=True, help='PNG path; the JSON goes beside it')
+  args = parser.parse_args()
+  points = evaluate_checkpoints(args)
+  attacks = args.attacks.split(',')
+  title = (f'{os.path.basename(os.path.normpath(args.workdir))}: {args.num_examples} '
+           f'{args.split} images')
+  plot(points, attacks, title, args.output)
+  with open(os.path.splitext(args.output)[0] + '.json', 'w') as f:
+    json.dump({'workdir': args.workdir, 'split': args.split,
+               'num_examples': args.num_examples, 'points': points}, f, indent=1)
+  print(f'wrote {args.output}')
+
+
+if __name__ == '__main__':
+  main()
