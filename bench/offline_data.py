@@ -15,32 +15,17 @@ import sys
 
 from absl import app, flags
 from ml_collections import config_flags
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate  # noqa: E402  (defines evaluate.py's flags)
+from bench.snapshot import read_from_snapshot, save_snapshot  # noqa: E402
 from l2lda_jax import data as data_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('snapshot', None, 'The .npz snapshot of the splits.')
 config_flags.DEFINE_config_file('config', 'configs/mnist.py',
                                 'Config whose `data` section to load (save only).')
-
-SPLITS = ('train', 'validation', 'test')
-
-
-def save_snapshot(dataset: data_lib.Dataset, path: str):
-  arrays = {f'{split}_{field}': getattr(getattr(dataset, split), field)
-            for split in SPLITS for field in ('images', 'labels')}
-  np.savez_compressed(path, name=dataset.name, num_classes=dataset.num_classes,
-                      lossy=dataset.lossy, **arrays)
-
-
-def load_snapshot(path: str) -> data_lib.Dataset:
-  with np.load(path) as f:
-    splits = [data_lib.Split(f[f'{split}_images'], f[f'{split}_labels']) for split in SPLITS]
-    return data_lib.Dataset(str(f['name']), *splits, int(f['num_classes']), bool(f['lossy']))
 
 
 def main(argv):
@@ -49,8 +34,7 @@ def main(argv):
   if argv[1] == 'save':
     save_snapshot(data_lib.load_dataset(FLAGS.config.data), FLAGS.snapshot)
     return
-  dataset = load_snapshot(FLAGS.snapshot)
-  data_lib.load_dataset = lambda data_config: dataset
+  read_from_snapshot(FLAGS.snapshot)
   evaluate.main(argv[:1])
 
 
