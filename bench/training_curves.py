@@ -29,8 +29,9 @@ def read_scalars(workdir: str) -> dict:
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
         first = event.wall_time if first is None else first
-        rows.setdefault(value.tag, []).append(
-            (int(event.step), event.wall_time - first, float(tf.make_ndarray(value.tensor))))
+        number = (value.simple_value if value.WhichOneof('value') == 'simple_value'
+                  else float(tf.make_ndarray(value.tensor)))  # clu's writer stores tensors
+        rows.setdefault(value.tag, []).append((int(event.step), event.wall_time - first, number))
   return {tag: sorted(points) for tag, points in rows.items()}
 
 

@@ -26,6 +26,7 @@ from l2lda_jax import evaluation
 from l2lda_jax import l2lda
 from l2lda_jax import optimizers
 from l2lda_jax import sharding
+from l2lda_jax import summaries
 from l2lda_jax.config_validation import ConfigError, validate_config
 from l2lda_jax.models import create_classifier
 
@@ -348,11 +349,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                  image_shape[-1])
                         if config.method == 'l2lda' else None)
   validation = dataset.validation.take(config.eval.num_examples)
-  # TensorBoard events from process 0 only; progress lines are logged below. clu's writer
-  # imports TensorFlow, so it is imported here: the compiled steps alone need no TF.
-  from clu import metric_writers
-  writer = (metric_writers.SummaryWriter(workdir) if jax.process_index() == 0
-            else metric_writers.MultiWriter([]))
+  # TensorBoard events from process 0 only; progress lines are logged below.
+  writer = summaries.summary_writer(workdir, enabled=jax.process_index() == 0)
   train_cfg = config.train
   first_step = int(state.step)
   progress = Progress(first_step, train_cfg.steps)
