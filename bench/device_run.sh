@@ -6,9 +6,12 @@
 #   python bench/offline_data.py save --snapshot=.device/mnist.npz
 #   cp -r RUN/{config.json,best,checkpoints} .device/runs/NAME/     # for each run
 #   pip download --no-deps ml_collections==1.1.0 -d .device/whl     # not on that machine
-# Then run there:  bash bench/device_run.sh smoke|full  (results go to $OUT/results.tgz).
+#   (evaluation needs only RUN/{config.json,best}; mnist_cpu_pgd15k and mnist_cpu_l2lda for full)
+# Then run there:  bash bench/device_run.sh smoke|full  (results go to $OUT/results.tgz), or
+#   bash bench/device_run.sh eval RUN...   the complete table, Square included, of each RUN.
 set -u
 mode=${1:-full}
+shift
 out=${OUT:-/tmp/device_out}
 res=/tmp/device_results
 mkdir -p "$out" "$res"
@@ -34,6 +37,13 @@ if [ "$mode" = smoke ]; then
   evaluate mnist_cpu_l2lda clean,pgd100,l2lda --num_examples=1000 --generator_steps=100
   echo "smoke evaluate: $((SECONDS - start)) s"
   timeout 120 python3 bench/benchmark.py --only=pgd10 --repeats=5 2>&1 | tail -4
+elif [ "$mode" = eval ]; then
+  # Square runs every query for a batch with any survivor: big batches keep it short.
+  for run in "$@"; do  # all at once, sharing the GPU
+    evaluate "$run" clean,fgsm,pgd10,pgd100,pgd100x10,cw100,cw1000,l2lda,square --checks \
+      --batch_size=2000 --figures_dir="$res/figures_$run" &
+  done
+  wait
 else
   attacks=clean,fgsm,pgd10,pgd100,pgd100x10,cw100,cw1000,l2lda
   for run in mnist_cpu_pgd15k mnist_cpu_l2lda; do  # both at once, sharing the GPU

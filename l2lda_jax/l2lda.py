@@ -21,7 +21,7 @@ from l2lda_jax import data as data_lib
 from l2lda_jax import optimizers
 from l2lda_jax.attacks import learned
 from l2lda_jax.attacks.losses import cross_entropy
-from l2lda_jax.models.generator import Generator
+from l2lda_jax.models.generator import Generator, z_live_units
 
 
 @flax.struct.dataclass
@@ -188,6 +188,8 @@ def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: 
              **game_metrics(trace, x_rep, x_adv, settings.options.eps)}
   if draws == 2:
     metrics['diversity_last'] = trace.diversity[-1]
+  if settings.z_dim > 0:
+    metrics['z_live_units'] = z_live_units(new_gen.params, z)
   return new_state, metrics
 
 

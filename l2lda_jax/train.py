@@ -175,6 +175,10 @@ def make_train_steps(config, model, tx, num_classes: int, channels: int):
 # ----------------------------------------------------------------------------- evaluation
 # Validation attacks PGD at these multiples of eps as well: a cliff between them says at
 # what radius the defense stops (a generator that cannot reach eps shows one at its reach).
+DEAD_Z_WARNING = ('step %d: the generator ignores z (z_live_units 0: every unit of its z MLP is '
+                  'zero for every draw), so it is one deterministic attack and its diversity '
+                  'loss has no gradient; dead ReLUs do not revive. A larger '
+                  'generator.diversity_weight or a smaller generator.learning_rate keeps z alive.')
 VALIDATION_EPS_MULTIPLES = (0.5, 1.0, 1.25)
 
 
@@ -355,6 +359,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   first_step = int(state.step)
   progress = Progress(first_step, train_cfg.steps)
   pending, last_good = [], resumed_from
+  warned_dead_z = False
   lossy_tag = '[LOSSY JPEG data] ' if dataset.lossy else ''
   start_time = time.time()
 
@@ -379,6 +384,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       writer.write_scalars(done, scalars)
       logging.info('%s%s | %s', lossy_tag, progress.line(done),
                    ' '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
+      if scalars.get('z_live_units') == 0 and not warned_dead_z:
+        logging.warning(DEAD_Z_WARNING, done)
+        warned_dead_z = True
     if eval_now:
       val_scalars = validation_scalars(validate, validate_generator, state, validation)
       writer.write_scalars(done, val_scalars)

@@ -8,6 +8,7 @@ import pytest
 from configs import cifar10, mnist
 from l2lda_jax import l2lda, train
 from l2lda_jax.models import create_classifier
+from l2lda_jax.models.generator import z_live_units
 
 
 def _leaves_changed(before, after):
@@ -110,3 +111,25 @@ def test_generator_objective_sums_ce_and_weighted_diversity():
   assert float(jnp.max(jnp.abs(x_adv - x))) <= config.eps + 1e-6
   assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
   assert float(jnp.min(div)) > 0  # two draws of z give two different attacks
+
+
+def test_z_live_units_counts_the_z_mlp_units_any_draw_activates():
+  """Known answers: an identity MLP passes exactly the positive coordinates of z; a very
+  negative last bias kills every unit, the state train.py warns about."""
+  eye = jnp.eye(3)
+  params = {'z_fc1': {'kernel': eye, 'bias': jnp.zeros(3)},
+            'z_fc2': {'kernel': eye, 'bias': jnp.zeros(3)}}
+  z = jnp.array([[1.0, -1.0, -2.0], [0.5, -0.1, 3.0]])  # unit 1 is never positive
+  assert int(z_live_units(params, z)) == 2
+  params['z_fc2']['bias'] = jnp.full(3, -10.0)
+  assert int(z_live_units(params, z)) == 0
+
+
+def test_the_game_step_reports_live_z_units_of_the_updated_generator():
+  config = mnist.get_config('smoke')
+  config.method = 'l2lda'
+  _, after, metrics = _one_game_step(config, (28, 28, 1))
+  z = jax.random.normal(jax.random.PRNGKey(1), (4096, config.generator.z_dim))
+  assert int(metrics['z_live_units']) <= config.generator.z_dim
+  # A fresh generator's z MLP is alive; the batch's 8 draws see most of the 4,096's units.
+  assert 0 < int(metrics['z_live_units']) <= int(z_live_units(after.generator.params, z))

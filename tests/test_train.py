@@ -50,7 +50,7 @@ def _logged_scalars(workdir) -> dict:
 GAME_SCALARS = ('generator_ce_t1', 'generator_ce_t2', 'adv_boundary_share', 'gn_channel_norm',
                 'train_adv_accuracy', 'generator_learning_rate', 'val_generator_accuracy',
                 'val_robust_accuracy', 'val_robust_accuracy_eps_x0.5',
-                'val_robust_accuracy_eps_x1.25')
+                'val_robust_accuracy_eps_x1.25', 'z_live_units')
 
 
 def _assert_the_game_is_observable(workdir, log_text: str):
@@ -61,6 +61,7 @@ def _assert_the_game_is_observable(workdir, log_text: str):
   # The generator's steps reach eps (SPEC: T * step >= eps): some pixels sit on the boundary.
   assert max(scalars['adv_boundary_share']) > 0
   assert all(0.9 < v <= 1.0 + 1e-4 for v in scalars['gn_channel_norm'])
+  assert min(scalars['z_live_units']) > 0  # six steps cannot kill z; a bug in the metric would
   for tag in ('generator_ce_t1', 'adv_boundary_share', 'gn_channel_norm'):
     assert tag in log_text
   assert 'own generator' in log_text and 'eps x1.25' in log_text

@@ -282,3 +282,15 @@ class Generator(nn.Module):
     u1 = nn.relu(cbn('up1_bn')(UpConv(w, name='up1')(u2), labels, train))
     u1 = jnp.concatenate([u1, d0], axis=-1)
     return Conv3x3(self.out_channels, name='final')(u1)
+
+
+def z_live_units(params, z: jax.Array) -> jax.Array:
+  """How many units of the z MLP's last ReLU are nonzero for at least one draw in `z`.
+
+  z reaches the generator only through Linear -> ReLU -> Linear -> ReLU (SPEC section 2,
+  the layers `z_fc1` and `z_fc2` of `Generator`). At 0 the generator ignores z: it is a
+  deterministic attack, its diversity loss has no gradient, and dead ReLUs never revive.
+  """
+  dense = lambda name, h: h @ params[name]['kernel'] + params[name]['bias']
+  features = jax.nn.relu(dense('z_fc2', jax.nn.relu(dense('z_fc1', z))))
+  return jnp.sum(jnp.any(features > 0, axis=0))
