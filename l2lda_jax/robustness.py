@@ -28,6 +28,7 @@ from l2lda_jax import l2lda
 from l2lda_jax import sanity
 from l2lda_jax import sharding
 from l2lda_jax.attack_specs import AttackSpec, parse_attack, pgd_step_size
+from l2lda_jax.attacks import apgd
 from l2lda_jax.config_validation import reaches
 from l2lda_jax.models import create_classifier
 
@@ -156,6 +157,10 @@ def _num_classes(config) -> int:
 
 
 # ----------------------------------------------------------------------------- attacks
+# AutoAttack's APGD stages with its standard settings (100 iterations, 1 restart, Linf).
+APGD_ATTACKS = {'apgd-ce': functools.partial(apgd.apgd, loss='ce'),
+                'apgd-t': apgd.apgd_targeted}
+
 def gradient_attack(spec: AttackSpec, eps: float, step_size: Optional[float] = None):
   """(logits_fn, x, y, key) -> x_adv for fgsm / pgd<k>[x<r>] / cw<k> / mifgsm<k>.
 
@@ -359,6 +364,9 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
   if spec.kind in ('fgsm', 'pgd', 'cw', 'mifgsm'):
     attack = gradient_attack(spec, eps, options.pgd_step_size)
     return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
+  if spec.kind in APGD_ATTACKS:
+    return [(spec.name, make_batch_eval(classifier.apply_fn,
+                                        functools.partial(APGD_ATTACKS[spec.kind], eps=eps)), key)]
   if spec.kind == 'square':  # score-based: catches gradient masking (spec.steps = queries)
     attack = functools.partial(attacks.square_linf, eps=eps, n_queries=spec.steps)
     return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]

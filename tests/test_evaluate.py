@@ -28,6 +28,7 @@ def test_parse_attacks_reads_every_kind_of_name():
   assert specs[4] == AttackSpec('cw1000', 'cw', 1000, 1)
   assert specs[5] == AttackSpec('mifgsm20', 'mifgsm', 20, 1)
   assert [s.kind for s in specs[6:]] == ['l2lda', 'l2l', 'advgan', 'gap', 'transfer']
+  assert [s.kind for s in parse_attacks('APGD-CE,apgd-t')] == ['apgd-ce', 'apgd-t']
 
 
 @pytest.mark.parametrize('text, message', [
@@ -88,6 +89,14 @@ def test_report_rows_bounds_min_and_worst_case(plain_run):
   assert rows['pgd5']['accuracy'] < rows['clean']['accuracy']
   assert rows['pgd5x3']['accuracy'] <= rows['pgd5']['accuracy']
   assert '| **per-example worst case**' in report['table']
+
+
+def test_apgd_rows_stay_in_the_ball_and_break_the_undefended_model(plain_run):
+  report = _evaluate(plain_run, 'clean,apgd-ce,apgd-t')
+  rows = {r['attack']: r for r in report['rows']}
+  for name in ('apgd-ce', 'apgd-t'):
+    assert rows[name]['max_linf'] <= EPS + 1e-6 and rows[name]['max_box_violation'] == 0.0
+    assert rows[name]['accuracy'] < rows['clean']['accuracy']
 
 
 def test_eps_zero_attacks_give_exactly_the_clean_accuracy(plain_run):
