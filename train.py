@@ -30,11 +30,12 @@ def main(argv):
   from l2lda_jax import host_memory
   host_memory.keep_freed_memory()  # before JAX or TensorFlow start threads
   from l2lda_jax import train
+  from l2lda_jax.checkpoint import CheckpointError
   from l2lda_jax.config_validation import ConfigError
   from l2lda_jax.data import DataError
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ConfigError, DataError, train.TrainingDiverged) as e:
+  except (ConfigError, DataError, train.TrainingDiverged, CheckpointError) as e:
     sys.exit(f'error: {e}')
 
 

@@ -1,28 +1,116 @@
-"""Checkpoints (the project's only orbax import): the latest N, plus the best on validation."""
+"""Checkpoints (the project's only orbax import): the latest N, plus the best on validation.
 
+A save is atomic through orbax itself: it writes `<step>.orbax-checkpoint-tmp` and renames it
+to `<step>` only once complete, and lists only renamed steps, so a save killed half-way never
+looks like a checkpoint. A complete checkpoint can still become unreadable (a disk that filled
+up, a truncated, emptied or deleted file): every restore here then reports it in one line,
+naming its step and folder, and falls back to the newest readable checkpoint, saying which;
+CheckpointError (one line) only when none is readable, or when an explicitly requested step is.
+"""
+
+import glob
 import os
+import re
+from typing import Any, Callable, NamedTuple
 
 import orbax.checkpoint as ocp
+from absl import logging
 
 BEST_METRIC = 'val_robust_accuracy'
+SLOT_FOLDERS = {'best': 'best', 'latest': 'checkpoints'}
+UNFINISHED_SUFFIX = ocp.path.atomicity_types.TMP_DIR_SUFFIX
+UNREADABLE_SUFFIX = '.unreadable'
+MAX_REASON_CHARS = 200
+
+Log = Callable[[str], None]
 
 
-def _manager(directory: str, **options) -> ocp.CheckpointManager:
+class CheckpointError(ValueError):
+  """No readable checkpoint where one is needed, or the step asked for is unreadable."""
+
+
+class Restored(NamedTuple):
+  tree: Any  # the template's type, or orbax's raw nested dict
+  step: int
+  slot: str  # 'best' or 'latest': the folder it was read from
+
+
+def _manager(directory: str, cleanup: bool = False, **options) -> ocp.CheckpointManager:
   # Synchronous saves: a checkpoint on disk is complete when save() returns, and
   # orbax's write-to-temp-then-rename makes a save killed half-way invisible.
+  # cleanup: orbax removes unfinished temp folders at start; only the writer may, since
+  # a reader (evaluate.py during training) would delete a save in progress.
   return ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(
-          create=True, enable_async_checkpointing=False, **options))
+          create=True, enable_async_checkpointing=False, cleanup_tmp_directories=cleanup,
+          **options))
+
+
+def failure_reason(error: BaseException) -> str:
+  """A failed restore's root cause in one short line.
+
+  TensorStore wraps the useful error (e.g. `OUT_OF_RANGE: Error reading ...`) in a bare
+  Exception whose text is a page of spec; the innermost cause says what is wrong.
+  """
+  while True:  # the chain a traceback would show: causes, and contexts not suppressed
+    inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    if inner is None:
+      break
+    error = inner
+  line = (str(error).strip().splitlines() or [''])[0].split(' [tensorstore_spec=')[0]
+  line = re.sub(r' in OCDBT database at local file "[^"]*"', '', line)  # the folder is named
+  text = f'{type(error).__name__}: {line}'
+  return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 3] + '...'
+
+
+def unfinished_saves(directory: str) -> list[str]:
+  """orbax's temp folders in `directory`: saves that were interrupted (or are running)."""
+  return sorted(glob.glob(os.path.join(directory, f'*{UNFINISHED_SUFFIX}*')))
+
+
+def _free_name(path: str) -> str:
+  """`path` + UNREADABLE_SUFFIX, numbered if that exists (orbax ignores non-numeric names)."""
+  candidate, n = path + UNREADABLE_SUFFIX, 1
+  while os.path.exists(candidate):
+    n += 1
+    candidate = f'{path}{UNREADABLE_SUFFIX}{n}'
+  return candidate
+
+
+def _newest_first(steps) -> list[int]:
+  return sorted(steps, reverse=True)
 
 
 class Checkpoints:
-  """`workdir/checkpoints` keeps the latest `keep`; `workdir/best` keeps the best one."""
+  """`workdir/checkpoints` keeps the latest `keep`; `workdir/best` keeps the best one.
 
-  def __init__(self, workdir: str, keep: int):
+  writer=True is for the training run that owns the workdir: it removes unfinished saves at
+  start (orbax's cleanup) and moves unreadable checkpoints aside to `<step>.unreadable`, so
+  that training re-saves those steps (orbax skips saving a step not newer than its latest).
+  Readers (evaluate, export, init_from) only skip them.
+  """
+
+  def __init__(self, workdir: str, keep: int, writer: bool = False,
+               log: Log = logging.warning):
     self.workdir = os.path.abspath(workdir)
-    self.latest = _manager(os.path.join(self.workdir, 'checkpoints'), max_to_keep=keep)
-    self.best = _manager(os.path.join(self.workdir, 'best'), max_to_keep=1,
+    self.writer = writer
+    self.log = log
+    if writer:
+      for slot in SLOT_FOLDERS.values():
+        for path in unfinished_saves(os.path.join(self.workdir, slot)):
+          log(f'removing an unfinished checkpoint save (interrupted): {path}')
+    self.latest = _manager(self._folder('latest'), cleanup=writer, max_to_keep=keep)
+    self.best = _manager(self._folder('best'), cleanup=writer, max_to_keep=1,
                          best_fn=lambda metrics: metrics[BEST_METRIC], best_mode='max')
+
+  def _folder(self, slot: str) -> str:
+    return os.path.join(self.workdir, SLOT_FOLDERS[slot])
+
+  def _path(self, slot: str, step: int) -> str:
+    return os.path.join(self._folder(slot), str(step))
+
+  def _slot(self, slot: str) -> ocp.CheckpointManager:
+    return self.best if slot == 'best' else self.latest
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -38,43 +126,142 @@ class Checkpoints:
     self.best.save(step, args=ocp.args.StandardSave(state),
                    metrics={BEST_METRIC: float(metrics[BEST_METRIC])})
 
-  def restore(self, template, step: int | None = None, best: bool = False):
-    """Restores into the structure and shardings of `template`."""
-    manager = self.best if best else self.latest
-    step = (manager.best_step() if best else manager.latest_step()) if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'no {"best" if best else "latest"} checkpoint in {self.workdir}')
-    return manager.restore(step, args=ocp.args.StandardRestore(template))
+  # --------------------------------------------------------------------------- candidates
+  def _best_order(self) -> list[tuple[str, int]]:
+    """The best step, then the rest of best/, then checkpoints/, newest first."""
+    best = self.best.best_step()
+    first = [('best', best)] if best is not None else []
+    rest = [('best', s) for s in _newest_first(self.best.all_steps()) if s != best]
+    return first + rest + [('latest', s) for s in _newest_first(self.latest.all_steps())]
+
+  def _newest_order(self) -> list[tuple[str, int]]:
+    """Every kept step of both folders, newest first; checkpoints/ before best/ at a tie."""
+    pairs = [(slot, s) for slot in ('latest', 'best') for s in self._slot(slot).all_steps()]
+    return sorted(pairs, key=lambda pair: -pair[1])
+
+  def _step_copies(self, step: int) -> list[tuple[str, int]]:
+    return [(slot, step) for slot in ('best', 'latest') if step in self._slot(slot).all_steps()]
+
+  # --------------------------------------------------------------------------- restoring
+  def _try(self, slot: str, step: int, template) -> tuple[Any, str | None]:
+    """(tree, None) if (slot, step) reads, else (None, the reason in one line).
+
+    With a template, a checkpoint that reads without it but not into it is not corrupt but
+    another run's (a changed config): that is a CheckpointError, not a fallback.
+    """
+    manager = self._slot(slot)
+    args = ocp.args.StandardRestore(template) if template is not None else ocp.args.StandardRestore()
+    try:
+      return manager.restore(step, args=args), None
+    except Exception as e:  # pylint: disable=broad-except  # TensorStore raises bare Exception
+      reason = failure_reason(e)
+    if template is not None:
+      try:
+        manager.restore(step, args=ocp.args.StandardRestore())
+      except Exception:  # pylint: disable=broad-except
+        return None, reason
+      raise CheckpointError(f'checkpoint step {step} ({self._path(slot, step)}) does not fit '
+                            f'the state this config builds: {reason}')
+    return None, reason
+
+  def _report(self, slot: str, step: int, reason: str, move: bool) -> None:
+    """Reports an unreadable checkpoint in one line; `move` also moves it aside."""
+    path = self._path(slot, step)
+    if not move:
+      self.log(f'checkpoint step {step} ({path}) is unreadable, skipping it: {reason}')
+      return
+    moved = _free_name(path)
+    os.rename(path, moved)
+    self._slot(slot).reload()  # forget the step, so that training saves it again
+    self.log(f'checkpoint step {step} ({path}) is unreadable, moved to '
+             f'{os.path.basename(moved)}: {reason}')
+
+  def _restore_first(self, candidates: list[tuple[str, int]], template=None) -> Restored:
+    """Restores the first readable of `candidates` (preferred first), reporting the others.
+
+    The writer moves the unreadable ones aside only once a readable one is found: with
+    none, the workdir stays as it was, and the next run stops with the same error.
+    """
+    if not self.writer:
+      for slot in SLOT_FOLDERS.values():
+        for path in unfinished_saves(os.path.join(self.workdir, slot)):
+          self.log(f'ignoring an unfinished checkpoint save (interrupted or in progress): {path}')
+    failures = []
+    for slot, step in candidates:
+      tree, reason = self._try(slot, step, template)
+      if reason is None:
+        for failure in failures:
+          if self.writer:
+            self._report(*failure, move=True)
+        if failures:
+          self.log(f'using checkpoint step {step} ({self._path(slot, step)}), the newest '
+                   f'readable one, instead of step {failures[0][1]}')
+        return Restored(tree, step, slot)
+      failures.append((slot, step, reason))
+      if not self.writer:
+        self._report(slot, step, reason, move=False)
+    if self.writer:
+      for failure in failures:
+        self._report(*failure, move=False)
+    tried = ', '.join(self._path(slot, step) for slot, step, _ in failures)
+    raise CheckpointError(f'no readable checkpoint in {self.workdir} (tried {tried}); '
+                          f'the newest: {failures[0][2]}')
+
+  def resume(self, template) -> tuple[Any, int | None]:
+    """(state, step) of the newest readable checkpoint, into `template`'s structure and
+    shardings; (template, None) if the workdir has none yet."""
+    candidates = self._newest_order()
+    if not candidates:
+      return template, None
+    restored = self._restore_first(candidates, template)
+    return restored.tree, restored.step
+
+  def restore_best(self, template) -> tuple[Any, int]:
+    """(state, step) of the best checkpoint, else the newest readable (best/, then checkpoints/)."""
+    if not self._best_order():
+      raise FileNotFoundError(f'no checkpoint in {self.workdir}')
+    restored = self._restore_first(self._best_order(), template)
+    return restored.tree, restored.step
+
+  def read(self, which: str = 'best') -> Restored:
+    """The raw state (no template) of 'best' (else the newest readable), 'latest' (else the
+    newest readable older one) or a step number kept in either folder (no substitution).
+
+    FileNotFoundError / ValueError name what is missing; CheckpointError what is unreadable.
+    """
+    which = str(which).strip().lower()
+    if which in ('best', 'latest'):
+      candidates = (self._best_order() if which == 'best'
+                    else [('latest', s) for s in _newest_first(self.latest.all_steps())])
+      if not candidates:
+        raise FileNotFoundError(f'no checkpoint in {self.workdir}')
+      return self._restore_first(candidates)
+    if not which.isdigit():
+      raise ValueError(f'{which!r} is not best, latest or a step number')
+    step = int(which)
+    copies = self._step_copies(step)
+    if not copies:
+      kept = sorted({s for m in (self.latest, self.best) for s in m.all_steps()})
+      raise FileNotFoundError(f'no checkpoint of step {step} in {self.workdir} '
+                              f'(kept: {kept or "none"})')
+    for slot, _ in copies:  # the same state saved twice: another copy is no substitution
+      tree, reason = self._try(slot, step, None)
+      if reason is None:
+        return Restored(tree, step, slot)
+      self._report(slot, step, reason, move=False)  # no fallback: nothing to save again
+    raise CheckpointError(f'checkpoint step {step} ({self._path(copies[0][0], step)}) is '
+                          f'unreadable: {reason}')
 
   def restore_raw(self):
-    """The best checkpoint (else the latest) as saved, without a template; None if none."""
-    for manager, step in ((self.best, self.best.best_step()),
-                          (self.latest, self.latest.latest_step())):
-      if step is not None:
-        return manager.restore(step, args=ocp.args.StandardRestore())
-    return None
+    """The best checkpoint (else the newest readable) as saved, without a template; None if none."""
+    if not self._best_order():
+      return None
+    return self.read('best').tree
 
   def restore_named(self, which: str = 'best'):
-    """(raw state, step) for 'best' (falling back to 'latest' if there is none), 'latest' or
-    a step number kept in either slot; FileNotFoundError / ValueError name what is missing."""
-    which = str(which).strip().lower()
-    if which == 'best' and self.best.best_step() is None:
-      which = 'latest'
-    if which in ('best', 'latest'):
-      manager = self.best if which == 'best' else self.latest
-      step = manager.best_step() if which == 'best' else manager.latest_step()
-      if step is None:
-        raise FileNotFoundError(f'no checkpoint in {self.workdir}')
-    else:
-      if not which.isdigit():
-        raise ValueError(f'{which!r} is not best, latest or a step number')
-      step = int(which)
-      kept = {s: m for m in (self.latest, self.best) for s in m.all_steps()}
-      if step not in kept:
-        raise FileNotFoundError(f'no checkpoint of step {step} in {self.workdir} '
-                                f'(kept: {sorted(kept) or "none"})')
-      manager = kept[step]
-    return manager.restore(step, args=ocp.args.StandardRestore()), step
+    """(raw state, step) of `read(which)`."""
+    restored = self.read(which)
+    return restored.tree, restored.step
 
   def close(self):
     self.latest.close()
@@ -89,6 +276,9 @@ def restore_directory(path: str):
     raise FileNotFoundError(f'--checkpoint_dir: {path} is not a checkpoint step directory '
                             f'(expected {item})')
   name = os.path.basename(path)
-  with ocp.StandardCheckpointer() as checkpointer:
-    raw = checkpointer.restore(item)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      raw = checkpointer.restore(item)
+  except Exception as e:  # pylint: disable=broad-except  # TensorStore raises bare Exception
+    raise CheckpointError(f'--checkpoint_dir: {path} is unreadable: {failure_reason(e)}') from None
   return raw, int(name) if name.isdigit() else -1

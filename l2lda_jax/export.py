@@ -177,14 +177,15 @@ def _restore(workdir: str, checkpoint: str) -> tuple[dict, str, int]:
   from l2lda_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   checkpoints = checkpoint_lib.Checkpoints(workdir, keep=1)
   try:
-    sources = [('best', checkpoints.best, checkpoints.best_step())] if checkpoint == 'best' else []
-    sources.append(('latest', checkpoints.latest, checkpoints.latest_step()))
-    for kind, manager, step in sources:
-      if step is not None:
-        return manager.restore(step), kind, int(step)
+    # Unreadable checkpoints are reported and skipped, for the newest readable one.
+    restored = checkpoints.read(checkpoint)
+  except FileNotFoundError:
+    raise ExportError(f'no {checkpoint} checkpoint in {workdir!r}') from None
+  except checkpoint_lib.CheckpointError as e:
+    raise ExportError(str(e)) from None
   finally:
     checkpoints.close()
-  raise ExportError(f'no {checkpoint} checkpoint in {workdir!r}')
+  return restored.tree, restored.slot, restored.step
 
 
 def _check_shapes(model: str, variables: Mapping, workdir: str) -> None:

@@ -136,7 +136,7 @@ def restore_classifier(workdir: str, checkpoint: str = 'best',
   if checkpoint_dir:
     try:
       raw, step = checkpoint_lib.restore_directory(checkpoint_dir)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, checkpoint_lib.CheckpointError) as e:
       raise EvaluationError(str(e)) from None
   else:
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=1)

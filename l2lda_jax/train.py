@@ -335,10 +335,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   image_shape = dataset.train.images.shape[1:]
   state = sharding.replicate(mesh, create_train_state(config, model, tx, image_shape,
                                                       dataset.num_classes))
-  checkpoints = checkpoint_lib.Checkpoints(workdir, config.checkpoint.keep)
-  resumed_from = checkpoints.latest_step()
+  checkpoints = checkpoint_lib.Checkpoints(workdir, config.checkpoint.keep, writer=True)
+  state, resumed_from = checkpoints.resume(state)  # the newest readable checkpoint
   if resumed_from is not None:
-    state = checkpoints.restore(state)
     logging.info('Resumed from %s/checkpoints step %d', workdir, resumed_from)
   elif config.init_from:
     state = load_classifier_from(state, config.init_from)
@@ -421,8 +420,7 @@ def final_test_report(config, model, mesh, dataset, checkpoints, last_state) -> 
             'test_attack': f'PGD-{config.test.pgd_steps} eps {config.eps:g} '
                            f'step {config.test.pgd_step_size:g} random start'}
   report['last'] = dict(step=int(last_state.step), **evaluate(last_state.variables, test))
-  best_step = checkpoints.best_step()
-  if best_step is not None:
-    best = checkpoints.restore(last_state, best=True)
+  if checkpoints.best_step() is not None:
+    best, best_step = checkpoints.restore_best(last_state)  # else the newest readable
     report['best_on_validation'] = dict(step=best_step, **evaluate(best.variables, test))
   return report
