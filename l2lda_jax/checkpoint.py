@@ -8,9 +8,11 @@ naming its step and folder, and falls back to the newest readable checkpoint, sa
 CheckpointError (one line) only when none is readable, or when an explicitly requested step is.
 """
 
+import gc
 import glob
 import os
 import re
+import sys
 from typing import Any, Callable, NamedTuple
 
 import orbax.checkpoint as ocp
@@ -61,6 +63,20 @@ def failure_reason(error: BaseException) -> str:
   line = re.sub(r' in OCDBT database at local file "[^"]*"', '', line)  # the folder is named
   text = f'{type(error).__name__}: {line}'
   return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 3] + '...'
+
+
+def _collect_abandoned_reads() -> None:
+  """Collects, silently, the array reads that a failed restore left unfinished.
+
+  orbax reads each array in a coroutine; when one fails, the others are dropped, and Python
+  prints an 'Exception ignored in' traceback per array when it collects them, later.
+  """
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = hook
 
 
 def unfinished_saves(directory: str) -> list[str]:
@@ -155,10 +171,12 @@ class Checkpoints:
       return manager.restore(step, args=args), None
     except Exception as e:  # pylint: disable=broad-except  # TensorStore raises bare Exception
       reason = failure_reason(e)
+    _collect_abandoned_reads()
     if template is not None:
       try:
         manager.restore(step, args=ocp.args.StandardRestore())
       except Exception:  # pylint: disable=broad-except
+        _collect_abandoned_reads()
         return None, reason
       raise CheckpointError(f'checkpoint step {step} ({self._path(slot, step)}) does not fit '
                             f'the state this config builds: {reason}')
@@ -194,8 +212,10 @@ class Checkpoints:
           if self.writer:
             self._report(*failure, move=True)
         if failures:
+          first_slot, first_step, _ = failures[0]
           self.log(f'using checkpoint step {step} ({self._path(slot, step)}), the newest '
-                   f'readable one, instead of step {failures[0][1]}')
+                   f'readable one, instead of step {first_step} '
+                   f'({self._path(first_slot, first_step)})')
         return Restored(tree, step, slot)
       failures.append((slot, step, reason))
       if not self.writer:
@@ -280,5 +300,8 @@ def restore_directory(path: str):
     with ocp.StandardCheckpointer() as checkpointer:
       raw = checkpointer.restore(item)
   except Exception as e:  # pylint: disable=broad-except  # TensorStore raises bare Exception
-    raise CheckpointError(f'--checkpoint_dir: {path} is unreadable: {failure_reason(e)}') from None
-  return raw, int(name) if name.isdigit() else -1
+    reason = failure_reason(e)
+  else:
+    return raw, int(name) if name.isdigit() else -1
+  _collect_abandoned_reads()
+  raise CheckpointError(f'--checkpoint_dir: {path} is unreadable: {reason}')

@@ -178,7 +178,7 @@ def make_train_steps(config, model, tx, num_classes: int, channels: int):
 DEAD_Z_WARNING = ('step %d: the generator ignores z (z_live_units 0: every unit of its z MLP is '
                   'zero for every draw), so it is one deterministic attack and its diversity '
                   'loss has no gradient; dead ReLUs do not revive. A larger '
-                  'generator.diversity_weight or a smaller generator.learning_rate keeps z alive.')
+                  'generator.diversity_weight keeps z alive (docs/RESULTS.md, z pathway).')
 VALIDATION_EPS_MULTIPLES = (0.5, 1.0, 1.25)
 
 
@@ -338,7 +338,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   checkpoints = checkpoint_lib.Checkpoints(workdir, config.checkpoint.keep, writer=True)
   state, resumed_from = checkpoints.resume(state)  # the newest readable checkpoint
   if resumed_from is not None:
-    logging.info('Resumed from %s/checkpoints step %d', workdir, resumed_from)
+    logging.info('Resumed from step %d in %s', resumed_from, workdir)
   elif config.init_from:
     state = load_classifier_from(state, config.init_from)
     logging.info('Classifier initialised from %s', config.init_from)

@@ -86,8 +86,12 @@ sys.path.insert(0, sys.argv[2])
 import orbax.checkpoint as ocp
 from l2lda_jax import checkpoint as checkpoint_lib
 
-async def killed(self):  # instead of writing commit_success.txt and renaming tmp -> final
-  os.kill(os.getpid(), signal.SIGKILL)
+finalize = ocp.path.atomicity.AtomicRenameTemporaryPath.finalize
+
+async def killed(self):
+  if self.get_final().name == sys.argv[3]:  # the step's rename; its item is already final
+    os.kill(os.getpid(), signal.SIGKILL)
+  await finalize(self)
 
 checkpoints = checkpoint_lib.Checkpoints(sys.argv[1], keep=5)
 state = checkpoints.read('latest').tree
@@ -113,7 +117,7 @@ def _warnings(caplog) -> list[str]:
 
 def _assert_one_line_report(lines, step, path, verb):
   """Exactly one line reports the damaged checkpoint, naming its step and folder."""
-  about = [line for line in lines if path in line and 'unreadable' in line]
+  about = [line for line in lines if f'({path}) is unreadable' in line]
   assert len(about) == 1, lines
   assert f'checkpoint step {step} ({path}) is unreadable, {verb}' in about[0]
   assert '\n' not in about[0] and len(about[0]) < 400
@@ -128,16 +132,20 @@ def _assert_fell_back(lines, step, path):
 @pytest.mark.parametrize('damage', sorted(DAMAGE))
 def test_resume_moves_an_unreadable_latest_aside_and_trains_from_the_one_before(
     damage, run, caplog):
-  damaged = _step_dir(run, 'latest', 6)
-  DAMAGE[damage](damaged)
+  # Step 6 in both folders (resume would take best/6, the same state, if it read).
+  damaged = [_step_dir(run, slot, 6) for slot in ('latest', 'best')
+             if os.path.isdir(_step_dir(run, slot, 6))]
+  for step_dir in damaged:
+    DAMAGE[damage](step_dir)
   caplog.set_level('INFO')
   report = _train(_config(), run)
   assert report['resumed_from_step'] == 3
   lines = _warnings(caplog)
-  _assert_one_line_report(lines, 6, damaged, 'moved to 6.unreadable')
+  for step_dir in damaged:
+    _assert_one_line_report(lines, 6, step_dir, 'moved to 6.unreadable')
+    # Moved aside (kept for inspection), so that training saves step 6 afresh.
+    assert os.path.isdir(step_dir + '.unreadable')
   _assert_fell_back(lines, 3, _step_dir(run, 'latest', 3))
-  # Moved aside (kept for inspection), so training saved step 6 afresh: readable again.
-  assert os.path.isdir(damaged + '.unreadable')
   checkpoints = checkpoint_lib.Checkpoints(run, keep=5)
   assert checkpoints.read('latest').step == 6
   assert checkpoints.latest.all_steps() == [3, 6]
@@ -147,7 +155,8 @@ def test_resume_after_a_kill_during_save_removes_the_unfinished_save(run, caplog
   kill_during_save(run, 9)
   unfinished = os.path.join(run, 'checkpoints', '9' + checkpoint_lib.UNFINISHED_SUFFIX)
   # The kill came after every file was written, yet nothing looks like a checkpoint.
-  assert os.path.isfile(os.path.join(unfinished, 'default', '_METADATA'))
+  for name in ('_METADATA', 'commit_success.txt'):
+    assert os.path.isfile(os.path.join(unfinished, 'default', name))
   assert not os.path.exists(os.path.join(run, 'checkpoints', '9'))
   caplog.set_level('INFO')
   report = _train(_config(steps=9), run)
