@@ -47,6 +47,14 @@ flags.DEFINE_boolean('progress', True, 'Show a progress bar per attack.')
 flags.mark_flags_as_required(['workdir'])
 
 
+def write_report(report: dict, output: str) -> None:
+  """The JSON report, with the command that made it; replaced as a whole (no torn file)."""
+  report = dict(report, command=' '.join(['python', sys.argv[0]] + sys.argv[1:]))
+  with open(output + '.tmp', 'w') as f:
+    json.dump(report, f, indent=2)
+  os.replace(output + '.tmp', output)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -68,13 +76,12 @@ def main(argv):
         large_eps=FLAGS.large_eps, figures_dir=FLAGS.figures_dir,
         figure_examples=FLAGS.figure_examples, progress=FLAGS.progress)
     robustness.validate_options(options)
-    report = robustness.evaluate(options, log=logging.info)
+    output = FLAGS.output or os.path.join(FLAGS.workdir, 'evaluation.json')
+    report = robustness.evaluate(options, log=logging.info,
+                                 on_row=lambda partial: write_report(partial, output))
   except (AttackNameError, DataError, robustness.EvaluationError) as e:
     sys.exit(f'error: {e}')
-  report['command'] = ' '.join(['python', sys.argv[0]] + sys.argv[1:])  # or a wrapper's name
-  output = FLAGS.output or os.path.join(FLAGS.workdir, 'evaluation.json')
-  with open(output, 'w') as f:
-    json.dump(report, f, indent=2)
+  write_report(report, output)
   print(report['table'])
   for line in report.get('checks_text', []):
     print(line)

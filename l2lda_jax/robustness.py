@@ -331,6 +331,16 @@ def summarize(rows: list[dict], correct_by_attack: dict[str, np.ndarray]) -> dic
   }
 
 
+def pack_correct(correct: np.ndarray) -> str:
+  """Per-example correctness as hex (one bit per example, in split order): small enough for
+  the JSON report, and reports of the same examples combine into a worst case offline."""
+  return np.packbits(np.asarray(correct, bool)).tobytes().hex()
+
+
+def unpack_correct(packed: str, num_examples: int) -> np.ndarray:
+  return np.unpackbits(np.frombuffer(bytes.fromhex(packed), np.uint8))[:num_examples].astype(bool)
+
+
 def markdown_table(report: dict) -> str:
   lines = ['| attack | accuracy % | wall s |', '|---|---|---|']
   for r in report['rows']:
@@ -440,8 +450,12 @@ def attack_key(base_key, spec: AttackSpec):
   return jax.random.fold_in(base_key, zlib.crc32(spec.name.encode()) & 0x7FFFFFFF)
 
 
-def evaluate(options: EvalOptions, log=print) -> dict:
-  """Runs every attack of `options` on the restored classifier; returns the report."""
+def evaluate(options: EvalOptions, log=print, on_row=None) -> dict:
+  """Runs every attack of `options` on the restored classifier; returns the report.
+
+  `on_row(partial_report)`, if given, is called after each attack row with the report so
+  far (`complete` False), so an interrupted evaluation keeps the rows it finished.
+  """
   classifier = restore_classifier(options.workdir, options.checkpoint, options.checkpoint_dir)
   config = classifier.config
   eps = config.eps if options.eps is None else options.eps
@@ -468,18 +482,10 @@ def evaluate(options: EvalOptions, log=print) -> dict:
                    'max_box_violation': float(np.max(box))})
       correct_by_attack[name] = correct
       log(f'{name}: {100 * rows[-1]["accuracy"]:.2f}% ({seconds:.1f} s)')
+      if on_row:
+        on_row(_report(options, classifier, dataset, eps, test, rows, correct_by_attack, False))
       setup_start = time.time()
-  report = {
-      'workdir': os.path.abspath(options.workdir), 'checkpoint_step': classifier.step,
-      'method': config.method, 'dataset': dataset.name, 'lossy_data': dataset.lossy,
-      'eps': eps, 'split': options.split, 'num_examples': len(test), 'seed': options.seed,
-      'platform': jax.devices()[0].platform, 'device_count': jax.device_count(),
-      'date': time.strftime('%Y-%m-%d'), 'rows': rows,
-  }
-  if dataset.lossy:
-    report['note'] = data_lib.LOSSY_NOTE
-  report.update(summarize(rows, correct_by_attack))
-  report['table'] = markdown_table(report)
+  report = _report(options, classifier, dataset, eps, test, rows, correct_by_attack, True)
   if options.figures_dir:
     report['figures'] = make_figures(classifier, test, options, eps, base_key, learned, log)
   if options.checks:
@@ -487,6 +493,25 @@ def evaluate(options: EvalOptions, log=print) -> dict:
     report['checks'] = [dataclasses.asdict(c) for c in checks]
     report['checks_text'] = [sanity.format_check(c) for c in checks]
     report['checks_passed'] = all(c.passed for c in checks)
+  return report
+
+
+def _report(options: EvalOptions, classifier: Classifier, dataset, eps: float,
+            test: data_lib.Split, rows: list[dict], correct_by_attack: dict,
+            complete: bool) -> dict:
+  """The JSON report of the rows run so far (the figures and checks are added after)."""
+  report = {
+      'workdir': os.path.abspath(options.workdir), 'checkpoint_step': classifier.step,
+      'method': classifier.config.method, 'dataset': dataset.name, 'lossy_data': dataset.lossy,
+      'eps': eps, 'split': options.split, 'num_examples': len(test), 'seed': options.seed,
+      'platform': jax.devices()[0].platform, 'device_count': jax.device_count(),
+      'date': time.strftime('%Y-%m-%d'), 'complete': complete, 'rows': list(rows),
+  }
+  if dataset.lossy:
+    report['note'] = data_lib.LOSSY_NOTE
+  report.update(summarize(rows, correct_by_attack))
+  report['table'] = markdown_table(report)
+  report['per_example_correct'] = {name: pack_correct(c) for name, c in correct_by_attack.items()}
   return report
 
 

@@ -63,14 +63,30 @@ def plain_run(tmp_path_factory):
   return str(workdir)
 
 
-def _evaluate(workdir, attacks, log=lambda *_: None, **overrides):
+def _evaluate(workdir, attacks, log=lambda *_: None, on_row=None, **overrides):
   overrides.setdefault('checkpoint', 'latest')
   options = robustness.EvalOptions(workdir=workdir, attacks=parse_attacks(attacks),
                                    num_examples=48, batch_size=16, progress=False,
                                    **overrides)
   robustness.validate_options(options)
   with learnable_mnist_mock():
-    return robustness.evaluate(options, log=log)
+    return robustness.evaluate(options, log=log, on_row=on_row)
+
+
+def test_partial_reports_and_per_example_bits_give_the_worst_case(plain_run):
+  partials = []
+  report = _evaluate(plain_run, 'clean,fgsm,pgd5', on_row=partials.append)
+  assert [len(p['rows']) for p in partials] == [1, 2, 3]
+  assert not any(p['complete'] for p in partials) and report['complete']
+  assert partials[1]['worst_case_accuracy'] >= report['worst_case_accuracy']
+  correct = {name: robustness.unpack_correct(bits, report['num_examples'])
+             for name, bits in report['per_example_correct'].items()}
+  assert list(correct) == ['clean', 'fgsm', 'pgd5']
+  for row in report['rows']:
+    assert correct[row['attack']].mean() == pytest.approx(row['accuracy'])
+  worst = np.logical_and.reduce(list(correct.values())).mean()
+  assert worst == pytest.approx(report['worst_case_accuracy'])
+  assert report['worst_case_accuracy'] < report['rows'][0]['accuracy']  # the attacks bite
 
 
 def test_report_rows_bounds_min_and_worst_case(plain_run):
