@@ -8,7 +8,6 @@ naming its step and folder, and falls back to the newest readable checkpoint, sa
 CheckpointError (one line) only when none is readable, or when an explicitly requested step is.
 """
 
-import gc
 import glob
 import os
 import re
@@ -65,18 +64,32 @@ def failure_reason(error: BaseException) -> str:
   return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 3] + '...'
 
 
-def _collect_abandoned_reads() -> None:
-  """Collects, silently, the array reads that a failed restore left unfinished.
+def _is_abandoned_read_noise(unraisable) -> bool:
+  """Whether an 'Exception ignored in' report is a leftover of a failed restore.
 
-  orbax reads each array in a coroutine; when one fails, the others are dropped, and Python
-  prints an 'Exception ignored in' traceback per array when it collects them, later.
+  orbax reads each array in a coroutine; when one read fails, the others are abandoned, and
+  Python reports each when it collects them (often at exit, after our one-line error); a
+  TensorStore callback may also find orbax's event loop closed.
   """
-  hook = sys.unraisablehook
-  sys.unraisablehook = lambda unraisable: None
-  try:
-    gc.collect()
-  finally:
-    sys.unraisablehook = hook
+  code = getattr(unraisable.object, 'cr_code', None)
+  if code is not None and code.co_name == '_read_array_index_and_device_put':
+    return True
+  return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == 'Event loop is closed')
+
+
+def _quiet_abandoned_reads() -> None:
+  """Once a restore has failed, drops its leftovers' tracebacks; all others still print."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_abandoned_reads', False):
+    return
+
+  def hook(unraisable):
+    if not _is_abandoned_read_noise(unraisable):
+      previous(unraisable)
+
+  hook.drops_abandoned_reads = True
+  sys.unraisablehook = hook
 
 
 def unfinished_saves(directory: str) -> list[str]:
@@ -166,17 +179,18 @@ class Checkpoints:
     another run's (a changed config): that is a CheckpointError, not a fallback.
     """
     manager = self._slot(slot)
-    args = ocp.args.StandardRestore(template) if template is not None else ocp.args.StandardRestore()
+    args = (ocp.args.StandardRestore(template) if template is not None
+            else ocp.args.StandardRestore())
     try:
       return manager.restore(step, args=args), None
     except Exception as e:  # pylint: disable=broad-except  # TensorStore raises bare Exception
       reason = failure_reason(e)
-    _collect_abandoned_reads()
+    _quiet_abandoned_reads()
     if template is not None:
       try:
         manager.restore(step, args=ocp.args.StandardRestore())
       except Exception:  # pylint: disable=broad-except
-        _collect_abandoned_reads()
+        _quiet_abandoned_reads()
         return None, reason
       raise CheckpointError(f'checkpoint step {step} ({self._path(slot, step)}) does not fit '
                             f'the state this config builds: {reason}')
@@ -244,15 +258,14 @@ class Checkpoints:
     return restored.tree, restored.step
 
   def read(self, which: str = 'best') -> Restored:
-    """The raw state (no template) of 'best' (else the newest readable), 'latest' (else the
-    newest readable older one) or a step number kept in either folder (no substitution).
+    """The raw state (no template) of 'best' (else the newest readable), 'latest' (the newest
+    readable, checkpoints/ or best/) or a step kept in either folder (no substitution).
 
     FileNotFoundError / ValueError name what is missing; CheckpointError what is unreadable.
     """
     which = str(which).strip().lower()
     if which in ('best', 'latest'):
-      candidates = (self._best_order() if which == 'best'
-                    else [('latest', s) for s in _newest_first(self.latest.all_steps())])
+      candidates = self._best_order() if which == 'best' else self._newest_order()
       if not candidates:
         raise FileNotFoundError(f'no checkpoint in {self.workdir}')
       return self._restore_first(candidates)
@@ -303,5 +316,5 @@ def restore_directory(path: str):
     reason = failure_reason(e)
   else:
     return raw, int(name) if name.isdigit() else -1
-  _collect_abandoned_reads()
+  _quiet_abandoned_reads()
   raise CheckpointError(f'--checkpoint_dir: {path} is unreadable: {reason}')

@@ -80,6 +80,16 @@ def delete_file(step_dir: str) -> None:
 
 DAMAGE = {'truncate': truncate, 'empty_metadata': empty_metadata, 'delete_file': delete_file}
 
+def _damage_step(workdir: str, step: int, damage) -> list[str]:
+  """Damages every copy of `step` (checkpoints/, and best/ if the best is that step: the
+  newest readable is then the step before, whichever folder orbax's metrics put the best in)."""
+  step_dirs = [_step_dir(workdir, slot, step) for slot in ('latest', 'best')
+               if os.path.isdir(_step_dir(workdir, slot, step))]
+  for step_dir in step_dirs:
+    damage(step_dir)
+  return step_dirs
+
+
 KILL_DURING_SAVE = r'''
 import os, signal, sys
 sys.path.insert(0, sys.argv[2])
@@ -132,11 +142,7 @@ def _assert_fell_back(lines, step, path):
 @pytest.mark.parametrize('damage', sorted(DAMAGE))
 def test_resume_moves_an_unreadable_latest_aside_and_trains_from_the_one_before(
     damage, run, caplog):
-  # Step 6 in both folders (resume would take best/6, the same state, if it read).
-  damaged = [_step_dir(run, slot, 6) for slot in ('latest', 'best')
-             if os.path.isdir(_step_dir(run, slot, 6))]
-  for step_dir in damaged:
-    DAMAGE[damage](step_dir)
+  damaged = _damage_step(run, 6, DAMAGE[damage])
   caplog.set_level('INFO')
   report = _train(_config(), run)
   assert report['resumed_from_step'] == 3
@@ -171,18 +177,19 @@ def test_resume_after_a_kill_during_save_removes_the_unfinished_save(run, caplog
 # ----------------------------------------------------------------------------- evaluate / export
 @pytest.mark.parametrize('damage', sorted(DAMAGE))
 def test_evaluate_and_export_skip_an_unreadable_latest(damage, run, caplog):
-  damaged = _step_dir(run, 'latest', 6)
-  DAMAGE[damage](damaged)
+  damaged = _damage_step(run, 6, DAMAGE[damage])
   caplog.set_level('INFO')
   assert robustness.restore_classifier(run, 'latest').step == 3
   lines = _warnings(caplog)
-  _assert_one_line_report(lines, 6, damaged, 'skipping it')
+  for step_dir in damaged:
+    _assert_one_line_report(lines, 6, step_dir, 'skipping it')
   _assert_fell_back(lines, 3, _step_dir(run, 'latest', 3))
   caplog.clear()
   _, slot, step = export._restore(run, 'latest')  # pylint: disable=protected-access
   assert (slot, step) == ('latest', 3)
-  _assert_one_line_report(_warnings(caplog), 6, damaged, 'skipping it')
-  assert os.path.isdir(damaged)  # readers leave the workdir as it is
+  for step_dir in damaged:
+    _assert_one_line_report(_warnings(caplog), 6, step_dir, 'skipping it')
+    assert os.path.isdir(step_dir)  # readers leave the workdir as it is
 
 
 @pytest.mark.parametrize('damage', sorted(DAMAGE))
@@ -212,9 +219,7 @@ def test_evaluate_and_export_ignore_a_save_killed_half_way(run, caplog):
 
 
 def test_an_unreadable_step_asked_for_by_number_is_an_error_naming_it(run, caplog):
-  for slot in ('latest', 'best'):
-    if os.path.isdir(_step_dir(run, slot, 6)):
-      truncate(_step_dir(run, slot, 6))
+  _damage_step(run, 6, truncate)
   caplog.set_level('INFO')
   with pytest.raises(robustness.EvaluationError, match='is unreadable') as error:
     robustness.restore_classifier(run, '6')
