@@ -40,7 +40,8 @@ if [ "$mode" = smoke ]; then
 elif [ "$mode" = eval ]; then
   # Square runs every query for a batch with any survivor: big batches keep it short.
   for run in "$@"; do  # all at once, sharing the GPU
-    evaluate "$run" clean,fgsm,pgd10,pgd100,pgd100x10,cw100,cw1000,l2lda,square --checks \
+    # The report is rewritten after every row, so a timeout keeps the rows done.
+    evaluate "$run" clean,fgsm,pgd10,pgd100,pgd100x10,cw100,cw1000,square,apgd-ce,apgd-t,l2lda --checks \
       --batch_size=2000 --figures_dir="$res/figures_$run" &
   done
   wait
