@@ -10,6 +10,10 @@ per-example worst case against the minute of training at which the checkpoint wa
 (the wall clock of the run's TensorBoard events at that step, since its first logged
 step). It answers "how long would this recipe have to train to reach X". Use
 --split=validation when the curve is used to choose anything.
+
+On a machine without TensorFlow (a lent GPU), `--snapshot=SPLITS.npz` evaluates there and
+prints one JSON line per checkpoint; `--points=THOSE_LINES` then adds the minutes from the
+run's events and draws the plot here.
 """
 
 import argparse
@@ -38,9 +42,13 @@ def minute_of_step(scalars: dict, step: int) -> float:
 def evaluate_checkpoints(args) -> list[dict]:
   from l2lda_jax import robustness
   from l2lda_jax.attack_specs import parse_attacks
-  scalars = read_scalars(args.workdir)
+  if args.snapshot:
+    from bench.snapshot import read_from_snapshot
+    read_from_snapshot(args.snapshot)
+  scalars = {} if args.snapshot else read_scalars(args.workdir)  # events need TF; see --points
+  steps = checkpoint_steps(args.workdir)
   points = []
-  for step in checkpoint_steps(args.workdir):
+  for step in steps[::args.every]:
     options = robustness.EvalOptions(
         workdir=args.workdir, attacks=parse_attacks(['clean'] + args.attacks.split(',')),
         checkpoint=str(step), split=args.split, num_examples=args.num_examples,
@@ -82,8 +90,22 @@ def main():
   parser.add_argument('--num_examples', type=int, default=1000)
   parser.add_argument('--batch_size', type=int, default=500)
   parser.add_argument('--output', required=True, help='PNG path; the JSON goes beside it')
+  parser.add_argument('--every', type=int, default=1, help='every n-th kept checkpoint')
+  parser.add_argument('--snapshot', default='',
+                      help='read the splits from bench/offline_data.py\'s snapshot (a machine '
+                           'without TFDS); minutes are left out: add them with --points here')
+  parser.add_argument('--points', default='',
+                      help='no evaluation: the JSON lines an earlier run printed, minutes '
+                           'taken from WORKDIR\'s events, then the plot')
   args = parser.parse_args()
-  points = evaluate_checkpoints(args)
+  if args.points:
+    with open(args.points) as f:
+      points = [json.loads(line) for line in f if line.startswith('{')]
+    scalars = read_scalars(args.workdir)
+    for point in points:
+      point['minutes'] = minute_of_step(scalars, point['step'])
+  else:
+    points = evaluate_checkpoints(args)
   attacks = args.attacks.split(',')
   title = (f'{os.path.basename(os.path.normpath(args.workdir))}: {args.num_examples} '
            f'{args.split} images')
