@@ -27,7 +27,8 @@ from l2lda_jax import figures
 from l2lda_jax import l2lda
 from l2lda_jax import sanity
 from l2lda_jax import sharding
-from l2lda_jax.attack_specs import AttackSpec, parse_attack, pgd_step_size
+from l2lda_jax.attack_specs import (APGD_KINDS, GRADIENT_KINDS, SCORE_KINDS, AttackSpec,
+                                    parse_attack, pgd_step_size)
 from l2lda_jax.attacks import apgd
 from l2lda_jax.config_validation import reaches
 from l2lda_jax.models import create_classifier
@@ -489,7 +490,8 @@ def evaluate(options: EvalOptions, log=print, on_row=None) -> dict:
   if options.figures_dir:
     report['figures'] = make_figures(classifier, test, options, eps, base_key, learned, log)
   if options.checks:
-    checks = sanity_checks(classifier, test, rows, options, eps, base_key, log)
+    checks = sanity_checks(classifier, test, rows, options, eps, base_key, log,
+                           correct_by_attack)
     report['checks'] = [dataclasses.asdict(c) for c in checks]
     report['checks_text'] = [sanity.format_check(c) for c in checks]
     report['checks_passed'] = all(c.passed for c in checks)
@@ -516,9 +518,11 @@ def _report(options: EvalOptions, classifier: Classifier, dataset, eps: float,
 
 
 def sanity_checks(classifier: Classifier, test: data_lib.Split, rows: list[dict],
-                  options: EvalOptions, eps: float, base_key, log) -> list:
-  """l2lda_jax.sanity's checks on the first check_examples test images, plus the
-  threat-model check over every example of every attack row above."""
+                  options: EvalOptions, eps: float, base_key, log,
+                  correct_by_attack: Optional[dict] = None) -> list:
+  """l2lda_jax.sanity's checks on the first check_examples test images, plus two over
+  every example of the attack rows above: the threat model, and (when both kinds ran)
+  whether Square broke what the gradient attacks could not."""
   subset = test.take(options.check_examples) if options.check_examples else test
   logits_fn = jax.jit(functools.partial(classifier.apply_fn, classifier.variables))
   start = time.time()
@@ -531,7 +535,12 @@ def sanity_checks(classifier: Classifier, test: data_lib.Split, rows: list[dict]
   whole_run = dataclasses.replace(sanity.perturbation_result(worst),
                                   name='evaluated_attacks_in_threat_model')
   log(f'sanity checks on {len(subset)} examples: {time.time() - start:.0f} s')
-  return checks + [whole_run]
+  checks = checks + [whole_run]
+  gradient = [s.name for s in options.attacks if s.kind in GRADIENT_KINDS + APGD_KINDS]
+  score = [s.name for s in options.attacks if s.kind in SCORE_KINDS]
+  if correct_by_attack and gradient and score:
+    checks.append(sanity.square_after_gradient_result(correct_by_attack, gradient, score))
+  return checks
 
 
 def make_figures(classifier: Classifier, test: data_lib.Split, options: EvalOptions,

@@ -256,6 +256,27 @@ def perturbation_result(worst: Mapping[str, float], *,
   return CheckResult('perturbations_in_threat_model', value <= tolerance, value, detail)
 
 
+def square_after_gradient_result(correct: Mapping[str, np.ndarray],
+                                 gradient_attacks: Sequence[str], score_attacks: Sequence[str],
+                                 *, tolerance_pp: float = 0.5) -> CheckResult:
+  """A score-based attack (Square) breaks almost no example that every gradient attack
+  left correct (AutoAttack's flag for possible gradient masking).
+
+  `correct` maps an evaluation row to its per-example correctness. Value: the share, in
+  pp of all examples, that survived every gradient attack and fell to a score-based one.
+  FAIL means the gradients point away from adversarial examples that exist, so the
+  gradient attacks' accuracies overstate robustness.
+  """
+  survived = np.logical_and.reduce([np.asarray(correct[n], bool) for n in gradient_attacks])
+  held = np.logical_and.reduce([np.asarray(correct[n], bool) for n in score_attacks])
+  found = survived & ~held
+  value_pp = 100 * float(np.mean(found))
+  detail = (f'{" + ".join(score_attacks)} broke {int(found.sum())} of the {int(survived.sum())} '
+            f'examples that {" + ".join(gradient_attacks)} left correct: {value_pp:.2f} pp '
+            f'(limit < {tolerance_pp:g} pp)')
+  return CheckResult('square_after_gradient', bool(value_pp < tolerance_pp), value_pp, detail)
+
+
 # --- checks that measure ---------------------------------------------------------------------
 
 

@@ -203,6 +203,17 @@ def test_checks_run_after_the_attacks_and_report_pass_or_fail(plain_run):
   assert len(report['checks_text']) == len(report['checks'])
   assert all(line.startswith(('pass ', 'FAIL ')) for line in report['checks_text'])
   assert report['checks_passed'] == all(c['passed'] for c in report['checks'])
+  assert 'square_after_gradient' not in by_name  # no score-based row ran
+
+
+def test_square_after_gradient_check_runs_when_both_kinds_did(plain_run):
+  report = _evaluate(plain_run, 'clean,pgd3,square50', checks=True, check_examples=32,
+                     check_pgd_steps=2)
+  check = {c['name']: c for c in report['checks']}['square_after_gradient']
+  rows = {r['attack']: r['accuracy'] for r in report['rows']}
+  # What Square broke beyond PGD is at least the accuracy gap between the two rows.
+  assert check['value'] >= 100 * (rows['pgd3'] - rows['square50']) - 1e-6
+  assert check['passed'] == (check['value'] < 0.5)
 
 
 def test_generator_attacks_and_figures(plain_run, tmp_path):

@@ -250,3 +250,17 @@ def test_run_checks_flags_only_what_is_wrong():
   failed = {r.name for r in results if not r.passed}
   assert failed == {'pgd_not_weaker_than_fgsm', 'large_eps_breaks_model',
                     'perturbations_in_threat_model'}, '\n'.join(map(sanity.format_check, results))
+
+
+def test_square_after_gradient_counts_what_only_the_score_attack_broke():
+  correct = {'clean': np.array([1, 1, 1, 1, 0], bool),
+             'pgd100': np.array([1, 1, 1, 0, 0], bool),
+             'apgd-ce': np.array([1, 1, 1, 1, 0], bool),
+             'square': np.array([1, 0, 1, 1, 0], bool)}
+  result = sanity.square_after_gradient_result(correct, ['pgd100', 'apgd-ce'], ['square'])
+  # Examples 0-2 survive both gradient attacks; Square breaks example 1: 1 of 5 = 20 pp.
+  assert result.value == pytest.approx(20.0) and not result.passed
+  assert 'broke 1 of the 3' in result.detail
+  correct['square'] = correct['pgd100'].copy()
+  result = sanity.square_after_gradient_result(correct, ['pgd100', 'apgd-ce'], ['square'])
+  assert result.value == 0.0 and result.passed
