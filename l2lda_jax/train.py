@@ -343,7 +343,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = load_classifier_from(state, config.init_from)
     logging.info('Classifier initialised from %s', config.init_from)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+    f.write(portable_config(config).to_json_best_effort(indent=2))
 
   clean_step, adv_step = make_train_steps(config, model, tx, dataset.num_classes,
                                           image_shape[-1])
@@ -410,6 +410,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info('Final report (%s): %s', os.path.join(workdir, 'results.json'), report)
   checkpoints.close()
   return report
+
+
+# Config fields that name a file or folder: stored absolute, so the workdir can be evaluated
+# or exported from any current directory.
+PATH_FIELDS = (('data', 'manual_dir'), ('data', 'tfds_data_dir'), ('init_from',))
+
+
+def portable_config(config):
+  """A copy of `config` whose non-empty PATH_FIELDS are absolute paths."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for field in PATH_FIELDS:
+      parent = functools.reduce(getattr, field[:-1], config)
+      value = getattr(parent, field[-1])
+      if value:
+        setattr(parent, field[-1], os.path.abspath(value))
+  return config
 
 
 def final_test_report(config, model, mesh, dataset, checkpoints, last_state) -> dict:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from configs import mnist
 from l2lda_jax import checkpoint as checkpoint_lib
 from l2lda_jax import train
 
@@ -186,3 +187,17 @@ def test_init_from_rejects_a_different_model_and_a_missing_dir(tiny_mnist_config
     train.load_classifier_from(state, str(tmp_path / 'pretrain'))
   with pytest.raises(train.ConfigError, match='not a directory'):
     train.load_classifier_from(state, str(tmp_path / 'nowhere'))
+
+
+def test_config_json_paths_are_absolute_so_the_workdir_moves_with_its_user(monkeypatch,
+                                                                          tmp_path):
+  config = mnist.get_config('smoke')
+  config.data.manual_dir = 'data/mnist'
+  config.data.tfds_data_dir = ''
+  config.init_from = '../runs/pretrained'
+  monkeypatch.chdir(tmp_path)
+  portable = train.portable_config(config)
+  assert portable.data.manual_dir == str(tmp_path / 'data/mnist')
+  assert portable.init_from == os.path.normpath(str(tmp_path / '../runs/pretrained'))
+  assert portable.data.tfds_data_dir == ''  # empty means "TFDS's default", not "here"
+  assert config.data.manual_dir == 'data/mnist'  # the run's own config is not changed
