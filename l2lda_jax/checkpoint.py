@@ -208,8 +208,10 @@ class Checkpoints:
     self.log(f'checkpoint step {step} ({path}) is unreadable, moved to '
              f'{os.path.basename(moved)}: {reason}')
 
-  def _restore_first(self, candidates: list[tuple[str, int]], template=None) -> Restored:
+  def _restore_first(self, candidates: list[tuple[str, int]], template=None,
+                     wanted: str = '') -> Restored:
     """Restores the first readable of `candidates` (preferred first), reporting the others.
+    `wanted` names an explicit request for the error when none reads.
 
     The writer moves the unreadable ones aside only once a readable one is found: with
     none, the workdir stays as it was, and the next run stops with the same error.
@@ -238,6 +240,8 @@ class Checkpoints:
       for failure in failures:
         self._report(*failure, move=False)
     tried = ', '.join(self._path(slot, step) for slot, step, _ in failures)
+    if wanted:
+      raise CheckpointError(f'{wanted} is unreadable (tried {tried}): {failures[0][2]}')
     raise CheckpointError(f'no readable checkpoint in {self.workdir} (tried {tried}); '
                           f'the newest: {failures[0][2]}')
 
@@ -277,13 +281,8 @@ class Checkpoints:
       kept = sorted({s for m in (self.latest, self.best) for s in m.all_steps()})
       raise FileNotFoundError(f'no checkpoint of step {step} in {self.workdir} '
                               f'(kept: {kept or "none"})')
-    for slot, _ in copies:  # the same state saved twice: another copy is no substitution
-      tree, reason = self._try(slot, step, None)
-      if reason is None:
-        return Restored(tree, step, slot)
-      self._report(slot, step, reason, move=False)  # no fallback: nothing to save again
-    raise CheckpointError(f'checkpoint step {step} ({self._path(copies[0][0], step)}) is '
-                          f'unreadable: {reason}')
+    # The same state saved in both folders: the other copy is no substitution.
+    return self._restore_first(copies, wanted=f'checkpoint step {step}')
 
   def restore_raw(self):
     """The best checkpoint (else the newest readable) as saved, without a template; None if none."""
