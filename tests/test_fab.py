@@ -128,6 +128,28 @@ def test_outputs_stay_in_the_eps_ball_and_pixel_box_and_norms_are_distances():
                        n_target_classes=3), result.x_adv)
 
 
+def test_random_restarts_only_add_broken_examples():
+  """Restart 0 of each target starts from x, as with one restart, and restart 1 from a
+  random point eps / 2 away attacks what is left: nothing broken with one restart is
+  lost, and the outputs stay in the threat model."""
+  x = _saturated_images()
+  _, logits_fn = _linear(x[0].size)
+  y = jnp.argmax(logits_fn(x), -1)
+  eps = 0.02
+  run = lambda restarts: jax.jit(functools.partial(
+      fab.fab_targeted_run, logits_fn, eps=eps, n_iter=10, n_target_classes=2,
+      n_restarts=restarts))(x, y, jax.random.PRNGKey(0))
+  one, two = run(1), run(2)
+  assert 1 <= int(jnp.sum(one.success)) < x.shape[0]
+  assert bool(jnp.all(two.success[one.success]))
+  dist = jnp.max(jnp.abs(two.x_adv - x).reshape(x.shape[0], -1), -1)
+  assert float(jnp.max(dist)) <= eps
+  assert float(two.x_adv.min()) >= 0.0 and float(two.x_adv.max()) <= 1.0
+  np.testing.assert_array_equal(two.success, jnp.argmax(logits_fn(two.x_adv), -1) != y)
+  print(f'restarts: broken with one {int(jnp.sum(one.success))}, with two '
+        f'{int(jnp.sum(two.success))} of {x.shape[0]}')
+
+
 def test_linear_model_distances_are_the_analytic_minimum():
   """For logits (x - 1/2) W the boundary with class k is the hyperplane z_k = z_y, and inside the
   box the minimal Linf distance to it is (z_y - z_k) / ||W_y - W_k||_1. The closest

@@ -31,8 +31,9 @@ from x itself, alpha_max = 0.1, eta = 1.05, beta = 0.9. A run attacks only the
 examples still robust, i.e. correctly classified at x with no adversarial found yet
 within eps; an example counts as broken only if its closest adversarial is within
 eps (Linf) of x, and then it is not attacked by later targets. Restart r >= 1 of a
-target starts from a random point at Linf distance eps / 2 of x (as the reference).
-An example the model already misclassifies at x is returned as x, not attacked.
+target starts from a random point at Linf distance eps / 2 from x, clipped to [0, 1]
+(as the reference). An example the model already misclassifies at x is returned as x,
+not attacked.
 
 Where this differs from the reference codes (AutoAttack's `fab_pt.py`/`fab_base.py`,
 torchattacks' `FAB` with `multi_targeted=True`):
@@ -60,8 +61,8 @@ from l2lda_jax.attacks.gradient import restart_keys
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
-NORM_FLOOR = 1e-8      # floor on |d_1|_inf and |d_2|_inf before a = d_1 / (d_1 + d_2), as the codes
-SLOPE_FLOOR = 1e-30    # floor on the hyperplane's slope in the projection (|w| sums; 0 only if w = 0)
+NORM_FLOOR = 1e-8      # floor on |d_1|_inf, |d_2|_inf in a = d_1 / (d_1 + d_2), as the codes
+SLOPE_FLOOR = 1e-30    # floor on the projection's slope (a sum of |w_i|; 0 only where w = 0)
 
 
 class FABResult(NamedTuple):
