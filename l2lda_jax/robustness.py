@@ -27,9 +27,9 @@ from l2lda_jax import figures
 from l2lda_jax import l2lda
 from l2lda_jax import sanity
 from l2lda_jax import sharding
-from l2lda_jax.attack_specs import (APGD_KINDS, GRADIENT_KINDS, SCORE_KINDS, AttackSpec,
+from l2lda_jax.attack_specs import (AUTOATTACK_KINDS, GRADIENT_KINDS, SCORE_KINDS, AttackSpec,
                                     parse_attack, pgd_step_size)
-from l2lda_jax.attacks import apgd
+from l2lda_jax.attacks import apgd, fab
 from l2lda_jax.config_validation import reaches
 from l2lda_jax.models import create_classifier
 
@@ -158,9 +158,9 @@ def _num_classes(config) -> int:
 
 
 # ----------------------------------------------------------------------------- attacks
-# AutoAttack's APGD stages with its standard settings (100 iterations, 1 restart, Linf).
-APGD_ATTACKS = {'apgd-ce': functools.partial(apgd.apgd, loss='ce'),
-                'apgd-t': apgd.apgd_targeted}
+# AutoAttack's gradient stages with its standard settings (100 iterations, 1 restart, Linf).
+AUTOATTACK_ATTACKS = {'apgd-ce': functools.partial(apgd.apgd, loss='ce'),
+                      'apgd-t': apgd.apgd_targeted, 'fab-t': fab.fab_targeted}
 
 def gradient_attack(spec: AttackSpec, eps: float, step_size: Optional[float] = None):
   """(logits_fn, x, y, key) -> x_adv for fgsm / pgd<k>[x<r>] / cw<k> / mifgsm<k>.
@@ -375,9 +375,9 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
   if spec.kind in ('fgsm', 'pgd', 'cw', 'mifgsm'):
     attack = gradient_attack(spec, eps, options.pgd_step_size)
     return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
-  if spec.kind in APGD_ATTACKS:
+  if spec.kind in AUTOATTACK_ATTACKS:
     return [(spec.name, make_batch_eval(classifier.apply_fn,
-                                        functools.partial(APGD_ATTACKS[spec.kind], eps=eps)), key)]
+                                        functools.partial(AUTOATTACK_ATTACKS[spec.kind], eps=eps)), key)]
   if spec.kind == 'square':  # score-based: catches gradient masking (spec.steps = queries)
     attack = functools.partial(attacks.square_linf, eps=eps, n_queries=spec.steps)
     return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
@@ -536,7 +536,7 @@ def sanity_checks(classifier: Classifier, test: data_lib.Split, rows: list[dict]
                                   name='evaluated_attacks_in_threat_model')
   log(f'sanity checks on {len(subset)} examples: {time.time() - start:.0f} s')
   checks = checks + [whole_run]
-  gradient = [s.name for s in options.attacks if s.kind in GRADIENT_KINDS + APGD_KINDS]
+  gradient = [s.name for s in options.attacks if s.kind in GRADIENT_KINDS + AUTOATTACK_KINDS]
   score = [s.name for s in options.attacks if s.kind in SCORE_KINDS]
   if correct_by_attack and gradient and score:
     checks.append(sanity.square_after_gradient_result(correct_by_attack, gradient, score))

@@ -28,7 +28,7 @@ def test_parse_attacks_reads_every_kind_of_name():
   assert specs[4] == AttackSpec('cw1000', 'cw', 1000, 1)
   assert specs[5] == AttackSpec('mifgsm20', 'mifgsm', 20, 1)
   assert [s.kind for s in specs[6:]] == ['l2lda', 'l2l', 'advgan', 'gap', 'transfer']
-  assert [s.kind for s in parse_attacks('APGD-CE,apgd-t')] == ['apgd-ce', 'apgd-t']
+  assert [s.kind for s in parse_attacks('APGD-CE,apgd-t,fab-t')] == ['apgd-ce', 'apgd-t', 'fab-t']
 
 
 @pytest.mark.parametrize('text, message', [
@@ -107,10 +107,10 @@ def test_report_rows_bounds_min_and_worst_case(plain_run):
   assert '| **per-example worst case**' in report['table']
 
 
-def test_apgd_rows_stay_in_the_ball_and_break_the_undefended_model(plain_run):
-  report = _evaluate(plain_run, 'clean,apgd-ce,apgd-t')
+def test_autoattack_rows_stay_in_the_ball_and_break_the_undefended_model(plain_run):
+  report = _evaluate(plain_run, 'clean,apgd-ce,apgd-t,fab-t')
   rows = {r['attack']: r for r in report['rows']}
-  for name in ('apgd-ce', 'apgd-t'):
+  for name in ('apgd-ce', 'apgd-t', 'fab-t'):
     assert rows[name]['max_linf'] <= EPS + 1e-6 and rows[name]['max_box_violation'] == 0.0
     assert rows[name]['accuracy'] < rows['clean']['accuracy']
 
