@@ -39,7 +39,7 @@ def get_config(variant: str = ''):
     config.generator.step_size = authors_reach_step(config, 3)
     config.generator.learning_rate = 0.05  # 1:1 with the classifier (train.learning_rate)
     # The paper's 0.02 lets the CE gradient kill z's ReLUs within ~1,000 game steps at this
-    # lr: the generator turns deterministic and Square finds what PGD cannot (docs/RESULTS.md).
+    # lr: the generator turns deterministic (docs/RESULTS.md, the z pathway).
     config.generator.diversity_weight = 0.5
     config.l2lda_run.steps = 18_000
     config.l2lda_run.batch_size = 50
