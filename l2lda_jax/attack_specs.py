@@ -17,14 +17,15 @@ GRADIENT_KINDS = ('fgsm', 'pgd', 'cw', 'mifgsm')
 AUTOATTACK_KINDS = ('apgd-ce', 'apgd-t', 'fab-t')  # AutoAttack's gradient stages, standard settings
 GENERATOR_KINDS = ('l2lda', 'l2l', 'advgan', 'gap')
 SCORE_KINDS = ('square',)  # black-box, from the logits only
-KINDS = ('clean',) + GRADIENT_KINDS + AUTOATTACK_KINDS + SCORE_KINDS + GENERATOR_KINDS + ('transfer',)
+KINDS = (('clean',) + GRADIENT_KINDS + AUTOATTACK_KINDS + SCORE_KINDS + GENERATOR_KINDS
+         + ('transfer',))
 SQUARE_QUERIES = 5000  # AutoAttack's standard budget
 
 _STEPPED = re.compile(r'^(pgd|cw|mifgsm)(\d+)(?:x(\d+))?$')
 _SQUARE = re.compile(r'^square(\d+)?$')
 HELP = ('clean, fgsm, pgd<k> (e.g. pgd100), pgd<k>x<r> (r restarts), cw<k> (e.g. cw1000), '
-        'mifgsm<k>, apgd-ce, apgd-t, fab-t, square (5000 queries), square<q> (q queries), l2lda, l2l, advgan, gap, '
-        'transfer')
+        'mifgsm<k>, apgd-ce, apgd-t, fab-t, square (5000 queries), square<q> (q queries), '
+        'l2lda, l2l, advgan, gap, transfer')
 
 
 class AttackNameError(ValueError):

@@ -162,6 +162,7 @@ def _num_classes(config) -> int:
 AUTOATTACK_ATTACKS = {'apgd-ce': functools.partial(apgd.apgd, loss='ce'),
                       'apgd-t': apgd.apgd_targeted, 'fab-t': fab.fab_targeted}
 
+
 def gradient_attack(spec: AttackSpec, eps: float, step_size: Optional[float] = None):
   """(logits_fn, x, y, key) -> x_adv for fgsm / pgd<k>[x<r>] / cw<k> / mifgsm<k>.
 
@@ -376,8 +377,8 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
     attack = gradient_attack(spec, eps, options.pgd_step_size)
     return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
   if spec.kind in AUTOATTACK_ATTACKS:
-    return [(spec.name, make_batch_eval(classifier.apply_fn,
-                                        functools.partial(AUTOATTACK_ATTACKS[spec.kind], eps=eps)), key)]
+    attack = functools.partial(AUTOATTACK_ATTACKS[spec.kind], eps=eps)
+    return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
   if spec.kind == 'square':  # score-based: catches gradient masking (spec.steps = queries)
     attack = functools.partial(attacks.square_linf, eps=eps, n_queries=spec.steps)
     return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
