@@ -1,17 +1,16 @@
 """APGD and APGD-T (Croce and Hein, ICML 2020): schedule, DLR losses, threat model, strength
 on an undefended tiny MLP, and agreement with torchattacks on the same weights."""
 
-import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from l2lda_jax import attacks
 from l2lda_jax.attacks import apgd
+from tests.tiny_mlp import CLASSES, accuracy, fit_tiny_mlp, one_torch_thread, torch_mlp
 
 # ----------------------------------------------------------------------------- schedule
 def test_checkpoints_for_100_iterations_are_the_published_ones():
@@ -108,50 +107,16 @@ def test_already_misclassified_examples_are_returned_as_they_are():
 
 
 # ----------------------------------------------------------------------------- tiny MLP
-SIDE, HIDDEN, CLASSES = 14, 32, 10
 EPS = 0.05  # Linf; clean accuracy 100%, APGD-CE leaves about a quarter robust
 N_ITER = 100
 
 
-def _synthetic_digits(n, seed):
-  """Ten smooth random prototypes (a 4 x 4 grid upsampled, contrast halved), plus noise."""
-  coarse = jax.random.uniform(jax.random.PRNGKey(0), (CLASSES, 4, 4, 1))
-  protos = 0.5 + 0.5 * (jax.image.resize(coarse, (CLASSES, SIDE, SIDE, 1), 'bilinear') - 0.5)
-  y = jax.random.randint(jax.random.PRNGKey(100 + seed), (n,), 0, CLASSES)
-  noise = 0.15 * jax.random.normal(jax.random.PRNGKey(200 + seed), (n, SIDE, SIDE, 1))
-  return jnp.clip(protos[y] + noise, 0.0, 1.0), y
-
-
-def _mlp(params, x):
-  hidden = jax.nn.relu(x.reshape(x.shape[0], -1) @ params['w1'] + params['b1'])
-  return hidden @ params['w2'] + params['b2']
 
 
 @pytest.fixture(scope='module')
 def tiny_mlp():
-  """(params, logits_fn, test images, labels): a 196-32-10 MLP, 200 Adam steps."""
-  x, y = _synthetic_digits(512, 0)
-  k1, k2 = jax.random.split(jax.random.PRNGKey(1))
-  params = {'w1': jax.random.normal(k1, (SIDE * SIDE, HIDDEN)) / SIDE,
-            'b1': jnp.zeros(HIDDEN),
-            'w2': jax.random.normal(k2, (HIDDEN, CLASSES)) / 6.0, 'b2': jnp.zeros(CLASSES)}
-  optimizer = optax.adam(1e-2)
+  return fit_tiny_mlp()
 
-  def step(carry, _):
-    params, state = carry
-    grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-        _mlp(p, x), y).mean())(params)
-    updates, state = optimizer.update(grads, state)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, None, length=200))(
-      (params, optimizer.init(params)))
-  x_test, y_test = _synthetic_digits(200, 1)
-  return params, functools.partial(_mlp, params), x_test, y_test
-
-
-def _accuracy(logits_fn, x, y):
-  return float(jnp.mean(jnp.argmax(logits_fn(x), -1) == y))
 
 
 @pytest.fixture(scope='module')
@@ -163,8 +128,8 @@ def apgd_ce_result(tiny_mlp):
 
 def test_apgd_ce_breaks_an_undefended_mlp_and_beats_pgd(tiny_mlp, apgd_ce_result):
   _, logits_fn, x, y = tiny_mlp
-  clean = _accuracy(logits_fn, x, y)
-  robust = _accuracy(logits_fn, apgd_ce_result.x_adv, y)
+  clean = accuracy(logits_fn, x, y)
+  robust = accuracy(logits_fn, apgd_ce_result.x_adv, y)
   assert clean >= 0.95
   assert robust <= 0.5 * clean
   assert robust == pytest.approx(1.0 - float(jnp.mean(apgd_ce_result.success)))
@@ -172,7 +137,7 @@ def test_apgd_ce_breaks_an_undefended_mlp_and_beats_pgd(tiny_mlp, apgd_ce_result
   x_pgd = jax.jit(functools.partial(attacks.pgd, logits_fn, eps=EPS, steps=N_ITER,
                                     step_size=EPS / 4, best_iterate=True))(
       x, y, jax.random.PRNGKey(0))
-  pgd_robust = _accuracy(logits_fn, x_pgd, y)
+  pgd_robust = accuracy(logits_fn, x_pgd, y)
   print(f'clean {clean:.4f}, APGD-CE-{N_ITER} {robust:.4f}, PGD-{N_ITER} {pgd_robust:.4f}')
   assert pgd_robust < clean  # PGD is a real baseline here
   assert robust <= pgd_robust
@@ -193,40 +158,17 @@ def test_apgd_ce_breaks_an_undefended_mlp_and_beats_pgd(tiny_mlp, apgd_ce_result
 TORCH_TOLERANCE = 0.05
 
 
-def _torch_mlp(params):
-  """The same MLP in PyTorch; NCHW with one channel flattens in the same order as NHWC."""
-  import torch
-  model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIDE * SIDE, HIDDEN),
-                              torch.nn.ReLU(), torch.nn.Linear(HIDDEN, CLASSES))
-  with torch.no_grad():
-    model[1].weight.copy_(torch.from_numpy(np.asarray(params['w1']).T.copy()))
-    model[1].bias.copy_(torch.from_numpy(np.array(params['b1'])))
-    model[3].weight.copy_(torch.from_numpy(np.asarray(params['w2']).T.copy()))
-    model[3].bias.copy_(torch.from_numpy(np.array(params['b2'])))
-  return model.eval()
-
-
-@contextlib.contextmanager
-def _one_torch_thread():
-  """torch on one thread: on a small, busy CPU its thread pool is ~20x slower than one."""
-  import torch
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  try:
-    yield
-  finally:
-    torch.set_num_threads(threads)
 
 
 def _torch_robust_accuracy(attack_cls, params, x, y, **kwargs):
   import torch
-  model = _torch_mlp(params)
+  model = torch_mlp(params)
   images = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()
   labels = torch.from_numpy(np.array(y)).long()
   attack = attack_cls(model, norm='Linf', eps=EPS, steps=N_ITER, n_restarts=1, seed=0,
                       **kwargs)
   attack.set_device('cpu')
-  with _one_torch_thread():
+  with one_torch_thread():
     adv = attack(images, labels)
   with torch.no_grad():
     assert float((adv - images).abs().max()) <= EPS + 1e-6
@@ -236,7 +178,7 @@ def _torch_robust_accuracy(attack_cls, params, x, y, **kwargs):
 def test_apgd_ce_agrees_with_torchattacks(tiny_mlp, apgd_ce_result):
   torchattacks = pytest.importorskip('torchattacks')
   params, logits_fn, x, y = tiny_mlp
-  ours = _accuracy(logits_fn, apgd_ce_result.x_adv, y)
+  ours = accuracy(logits_fn, apgd_ce_result.x_adv, y)
   theirs = _torch_robust_accuracy(torchattacks.APGD, params, x, y, loss='ce')
   print(f'APGD-CE robust accuracy: l2lda_jax {ours:.4f}, torchattacks {theirs:.4f}')
   assert 0.05 < theirs < 0.9  # a regime where the attack's strength shows
@@ -248,7 +190,7 @@ def test_apgd_targeted_agrees_with_torchattacks(tiny_mlp):
   params, logits_fn, x, y = tiny_mlp
   result = jax.jit(functools.partial(apgd.apgd_targeted_run, logits_fn, eps=EPS,
                                      n_iter=N_ITER))(x, y, jax.random.PRNGKey(0))
-  ours = _accuracy(logits_fn, result.x_adv, y)
+  ours = accuracy(logits_fn, result.x_adv, y)
   theirs = _torch_robust_accuracy(torchattacks.APGDT, params, x, y, n_classes=CLASSES)
   print(f'APGD-T robust accuracy: l2lda_jax {ours:.4f}, torchattacks {theirs:.4f}')
   assert 0.05 < theirs < 0.9
@@ -269,14 +211,14 @@ def test_one_run_from_torchattacks_start_follows_the_same_path(tiny_mlp, monkeyp
   params, logits_fn, x, y = tiny_mlp
   images = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()
   labels = torch.from_numpy(np.array(y)).long()
-  attack = torchattacks.APGD(_torch_mlp(params), norm=norm, eps=eps, steps=N_ITER, loss='ce')
+  attack = torchattacks.APGD(torch_mlp(params), norm=norm, eps=eps, steps=N_ITER, loss='ce')
   attack.set_device('cpu')
   torch.manual_seed(0)  # the start is the first draw of attack_single_run
   t = 2 * torch.rand(images.shape) - 1 if norm == 'Linf' else torch.randn(images.shape)
   size = (t.flatten(1).abs().max(1)[0] if norm == 'Linf' else t.flatten(1).norm(dim=1) + 1e-12)
   start = (images + eps * t / size.reshape(-1, 1, 1, 1)).clamp(0, 1)
   torch.manual_seed(0)
-  with _one_torch_thread():
+  with one_torch_thread():
     _, robust, their_loss, _ = attack.attack_single_run(images, labels)
 
   start = jnp.asarray(start.permute(0, 2, 3, 1).numpy())

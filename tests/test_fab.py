@@ -2,16 +2,15 @@
 minimal distances on a linear model, strength on an undefended tiny MLP, and agreement
 with torchattacks' FAB on the same weights."""
 
-import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from l2lda_jax.attacks import fab
+from tests.tiny_mlp import CLASSES, accuracy, fit_tiny_mlp, one_torch_thread, torch_mlp
 
 
 # ----------------------------------------------------------------------------- projection
@@ -190,50 +189,16 @@ TOL_LINEAR = 0.01
 
 
 # ----------------------------------------------------------------------------- tiny MLP
-SIDE, HIDDEN, CLASSES = 14, 32, 10
 EPS = 0.05
 N_ITER = 100
 
 
-def _synthetic_digits(n, seed):
-  """Ten smooth random prototypes (a 4 x 4 grid upsampled, contrast halved), plus noise."""
-  coarse = jax.random.uniform(jax.random.PRNGKey(0), (CLASSES, 4, 4, 1))
-  protos = 0.5 + 0.5 * (jax.image.resize(coarse, (CLASSES, SIDE, SIDE, 1), 'bilinear') - 0.5)
-  y = jax.random.randint(jax.random.PRNGKey(100 + seed), (n,), 0, CLASSES)
-  noise = 0.15 * jax.random.normal(jax.random.PRNGKey(200 + seed), (n, SIDE, SIDE, 1))
-  return jnp.clip(protos[y] + noise, 0.0, 1.0), y
-
-
-def _mlp(params, x):
-  hidden = jax.nn.relu(x.reshape(x.shape[0], -1) @ params['w1'] + params['b1'])
-  return hidden @ params['w2'] + params['b2']
 
 
 @pytest.fixture(scope='module')
 def tiny_mlp():
-  """(params, logits_fn, test images, labels): a 196-32-10 MLP, 200 Adam steps."""
-  x, y = _synthetic_digits(512, 0)
-  k1, k2 = jax.random.split(jax.random.PRNGKey(1))
-  params = {'w1': jax.random.normal(k1, (SIDE * SIDE, HIDDEN)) / SIDE,
-            'b1': jnp.zeros(HIDDEN),
-            'w2': jax.random.normal(k2, (HIDDEN, CLASSES)) / 6.0, 'b2': jnp.zeros(CLASSES)}
-  optimizer = optax.adam(1e-2)
+  return fit_tiny_mlp()
 
-  def step(carry, _):
-    params, state = carry
-    grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-        _mlp(p, x), y).mean())(params)
-    updates, state = optimizer.update(grads, state)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, None, length=200))(
-      (params, optimizer.init(params)))
-  x_test, y_test = _synthetic_digits(200, 1)
-  return params, functools.partial(_mlp, params), x_test, y_test
-
-
-def _accuracy(logits_fn, x, y):
-  return float(jnp.mean(jnp.argmax(logits_fn(x), -1) == y))
 
 
 @pytest.fixture(scope='module')
@@ -248,8 +213,8 @@ def fab_results(tiny_mlp):
 def test_fab_t_breaks_an_undefended_mlp(tiny_mlp, fab_results):
   _, logits_fn, x, y = tiny_mlp
   at_eps, unbounded = fab_results
-  clean = _accuracy(logits_fn, x, y)
-  robust = _accuracy(logits_fn, at_eps.x_adv, y)
+  clean = accuracy(logits_fn, x, y)
+  robust = accuracy(logits_fn, at_eps.x_adv, y)
   print(f'clean {clean:.4f}, FAB-T-{N_ITER} at eps {EPS}: {robust:.4f}; median minimal '
         f'norm {float(jnp.median(unbounded.norm)):.4f}')
   assert clean >= 0.95
@@ -269,44 +234,19 @@ def test_fab_t_breaks_an_undefended_mlp(tiny_mlp, fab_results):
 
 
 # ----------------------------------------------------------------------------- torchattacks
-def _torch_mlp(params):
-  """The same MLP in PyTorch; NCHW with one channel flattens in the same order as NHWC."""
-  import torch
-  model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIDE * SIDE, HIDDEN),
-                              torch.nn.ReLU(), torch.nn.Linear(HIDDEN, CLASSES))
-  with torch.no_grad():
-    model[1].weight.copy_(torch.from_numpy(np.asarray(params['w1']).T.copy()))
-    model[1].bias.copy_(torch.from_numpy(np.array(params['b1'])))
-    model[3].weight.copy_(torch.from_numpy(np.asarray(params['w2']).T.copy()))
-    model[3].bias.copy_(torch.from_numpy(np.array(params['b2'])))
-  return model.eval()
-
-
-@contextlib.contextmanager
-def _one_torch_thread():
-  """torch on one thread: on a small, busy CPU its thread pool is much slower than one."""
-  import torch
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  try:
-    yield
-  finally:
-    torch.set_num_threads(threads)
-
-
 def _torch_fab_t(params, x, y, eps):
   """torchattacks' FAB-T with AutoAttack's settings -> (robust accuracy, Linf norms of the
   perturbations returned: 0 where the example was not broken within eps)."""
   import torch
   import torchattacks
-  model = _torch_mlp(params)
+  model = torch_mlp(params)
   images = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()
   labels = torch.from_numpy(np.array(y)).long()
   attack = torchattacks.FAB(model, norm='Linf', eps=eps, steps=N_ITER, n_restarts=1,
                             alpha_max=0.1, eta=1.05, beta=0.9, seed=0, multi_targeted=True,
                             n_classes=CLASSES)
   attack.set_device('cpu')
-  with _one_torch_thread():
+  with one_torch_thread():
     adv = attack(images, labels)
   with torch.no_grad():
     norms = (adv - images).flatten(1).abs().max(1)[0].numpy()
@@ -337,7 +277,7 @@ def test_fab_t_agrees_with_torchattacks(tiny_mlp, fab_results):
   pytest.importorskip('torchattacks')
   params, logits_fn, x, y = tiny_mlp
   at_eps, unbounded = fab_results
-  ours = _accuracy(logits_fn, at_eps.x_adv, y)
+  ours = accuracy(logits_fn, at_eps.x_adv, y)
   theirs, _ = _torch_fab_t(params, x, y, EPS)
   print(f'FAB-T robust accuracy at eps {EPS}: l2lda_jax {ours:.4f}, torchattacks {theirs:.4f}')
   assert 0.05 < theirs < 0.9  # a regime where the attack's strength shows
