@@ -173,12 +173,14 @@ def make_train_steps(config, model, tx, num_classes: int, channels: int):
 
 
 # ----------------------------------------------------------------------------- evaluation
-# Validation attacks PGD at these multiples of eps as well: a cliff between them says at
-# what radius the defense stops (a generator that cannot reach eps shows one at its reach).
+# Logged once when the game's generator stops using z (metric z_live_units).
 DEAD_Z_WARNING = ('step %d: the generator ignores z (z_live_units 0: every unit of its z MLP is '
                   'zero for every draw), so it is one deterministic attack and its diversity '
                   'loss has no gradient; dead ReLUs do not revive. A larger '
                   'generator.diversity_weight keeps z alive (docs/RESULTS.md, z pathway).')
+
+# Validation attacks PGD at these multiples of eps as well: a cliff between them says at
+# what radius the defense stops (a generator that cannot reach eps shows one at its reach).
 VALIDATION_EPS_MULTIPLES = (0.5, 1.0, 1.25)
 
 
