@@ -44,6 +44,10 @@ flags.DEFINE_string('figures_dir', '', 'Write Figure 2 (per-step attack loss) an
 flags.DEFINE_integer('figure_examples', 500, 'Test examples the figures use.')
 flags.DEFINE_string('output', '', 'JSON report path (default: WORKDIR/evaluation.json).')
 flags.DEFINE_boolean('progress', True, 'Show a progress bar per attack.')
+flags.DEFINE_string('save_adversarial', '', 'Write autoattack\'s adversarial examples to this '
+                    '.npz (x_adv, labels, clean_correct, broken_at), updated after each stage.')
+flags.DEFINE_boolean('resume', True, 'If --output holds an interrupted report of the same '
+                     'checkpoint, examples, eps and seed, keep its rows and run only the rest.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -53,6 +57,16 @@ def write_report(report: dict, output: str) -> None:
   with open(output + '.tmp', 'w') as f:
     json.dump(report, f, indent=2)
   os.replace(output + '.tmp', output)
+
+
+def read_previous_report(output: str):
+  """The report at `output`, if there is a readable one (a torn or foreign file: None)."""
+  try:
+    with open(output) as f:
+      report = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return report if isinstance(report, dict) else None
 
 
 def main(argv):
@@ -74,9 +88,12 @@ def main(argv):
         generator_unroll_steps=FLAGS.generator_unroll_steps, checks=FLAGS.checks,
         check_examples=FLAGS.check_examples, check_pgd_steps=FLAGS.check_pgd_steps,
         large_eps=FLAGS.large_eps, figures_dir=FLAGS.figures_dir,
-        figure_examples=FLAGS.figure_examples, progress=FLAGS.progress)
+        figure_examples=FLAGS.figure_examples, progress=FLAGS.progress,
+        save_adversarial=FLAGS.save_adversarial)
     robustness.validate_options(options)
     output = FLAGS.output or os.path.join(FLAGS.workdir, 'evaluation.json')
+    if FLAGS.resume:
+      options.previous_report = read_previous_report(output)
     report = robustness.evaluate(options, log=logging.info,
                                  on_row=lambda partial: write_report(partial, output))
   except (AttackNameError, DataError, robustness.EvaluationError) as e:

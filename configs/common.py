@@ -72,6 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.generator.use_delta = True
   config.generator.use_label = True  # class-conditional BN; False: plain BN
   config.generator.normalize_grad = 'channel'  # channel | batch_max | none
+  # delta_0 = 0 (SPEC); True starts each attack uniformly in the eps-ball, as PGD does.
+  config.generator.random_start = False
   # The authors use the classifier's learning rate (1:1); a faster classifier outruns
   # its adversary. The progress line logs both.
   config.generator.learning_rate = 0.01

@@ -1,13 +1,15 @@
 """The names `evaluate.py --attacks=` accepts, parsed into attack specs.
 
   clean  fgsm  pgd<k>  pgd<k>x<r>  cw<k>  mifgsm<k>  apgd-ce  apgd-t  fab-t  square  square<q>
-  l2lda  l2l  advgan  gap  transfer
+  autoattack  l2lda  l2l  advgan  gap  transfer
 
 A name means one fixed attack: `pgd100x10` is PGD-100 with 10 random restarts and
 best-iterate tracking; `cw1000` is CW with 1000 Adam steps (SPEC section 6); `square`
 is the Linf Square attack with AutoAttack's 5,000 queries, `square1000` with 1,000;
 `apgd-ce`, `apgd-t` and `fab-t` are AutoAttack's gradient stages (100 iterations; the
-targeted ones over the 9 most likely other classes).
+targeted ones over the 9 most likely other classes); `autoattack` is AutoAttack's
+standard sequence of those four, each on the survivors of the ones before, one row per
+stage (l2lda_jax.attacks.autoattack).
 """
 
 import dataclasses
@@ -17,15 +19,15 @@ GRADIENT_KINDS = ('fgsm', 'pgd', 'cw', 'mifgsm')
 AUTOATTACK_KINDS = ('apgd-ce', 'apgd-t', 'fab-t')  # AutoAttack's gradient stages, standard settings
 GENERATOR_KINDS = ('l2lda', 'l2l', 'advgan', 'gap')
 SCORE_KINDS = ('square',)  # black-box, from the logits only
-KINDS = (('clean',) + GRADIENT_KINDS + AUTOATTACK_KINDS + SCORE_KINDS + GENERATOR_KINDS
-         + ('transfer',))
+KINDS = (('clean',) + GRADIENT_KINDS + AUTOATTACK_KINDS + SCORE_KINDS + ('autoattack',)
+         + GENERATOR_KINDS + ('transfer',))
 SQUARE_QUERIES = 5000  # AutoAttack's standard budget
 
 _STEPPED = re.compile(r'^(pgd|cw|mifgsm)(\d+)(?:x(\d+))?$')
 _SQUARE = re.compile(r'^square(\d+)?$')
 HELP = ('clean, fgsm, pgd<k> (e.g. pgd100), pgd<k>x<r> (r restarts), cw<k> (e.g. cw1000), '
         'mifgsm<k>, apgd-ce, apgd-t, fab-t, square (5000 queries), square<q> (q queries), '
-        'l2lda, l2l, advgan, gap, transfer')
+        'autoattack (the four in sequence), l2lda, l2l, advgan, gap, transfer')
 
 
 class AttackNameError(ValueError):
@@ -43,7 +45,7 @@ class AttackSpec:
 def parse_attack(name: str) -> AttackSpec:
   """One attack name -> AttackSpec; raises AttackNameError."""
   text = name.strip().lower()
-  if text in ('clean', 'fgsm', 'transfer') + AUTOATTACK_KINDS + GENERATOR_KINDS:
+  if text in ('clean', 'fgsm', 'transfer', 'autoattack') + AUTOATTACK_KINDS + GENERATOR_KINDS:
     return AttackSpec(text, text)
   square = _SQUARE.match(text)
   if square:

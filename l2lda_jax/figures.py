@@ -39,10 +39,11 @@ def generator_loss_trace(attack, logits_fn: LogitsFn, x, y, key) -> jax.Array:
   """Per-example CE after each of the generator's T steps for one z draw: shape (T, N)."""
   settings = attack.settings
   z_dim = max(settings.z_dim, 1)
-  z = jax.random.normal(key, (x.shape[0], z_dim))[:, :settings.z_dim]
+  z_key, start_key = jax.random.split(key)
+  z = jax.random.normal(z_key, (x.shape[0], z_dim))[:, :settings.z_dim]
   x_advs, _, _ = learned.recursive_attack(
       l2lda.generator_fn_for(attack.generator, attack.gen.params), logits_fn, x, y, z,
-      attack.gen.batch_stats, settings.options)
+      attack.gen.batch_stats, settings.options, key=start_key)
   return jax.vmap(lambda x_adv: cross_entropy(logits_fn(x_adv), y))(x_advs)
 
 

@@ -53,7 +53,7 @@ def game_settings(config, num_classes: int) -> GameSettings:
     return GameSettings(options, 0.0, 1, 0, 0, g.width, g.updates_per_step)
   options = learned.UnrollOptions(eps=config.eps, steps=g.steps, step_size=g.step_size,
                                   use_delta=g.use_delta, normalize_grad=g.normalize_grad,
-                                  unroll=g.unroll)
+                                  random_start=g.get('random_start', False), unroll=g.unroll)
   return GameSettings(options, g.diversity_weight, 2, g.z_dim,
                       num_classes if g.use_label else 0, g.width, g.updates_per_step)
 
@@ -124,14 +124,15 @@ def game_metrics(trace: GameTrace, x, x_adv, eps: float) -> dict:
 
 
 def generator_objective(gen_params, gen_batch_stats, *, generator, logits_fn, x, labels, z,
-                        settings: GameSettings):
+                        settings: GameSettings, start_key=None):
   """L_G = sum_t [CE_mean(f(x_adv_t), y) + lambda * L_div,t] (to be maximised).
 
+  `start_key` draws delta_0 when the settings ask for a random start.
   Returns (L_G, (x_adv_T, new batch_stats, GameTrace)).
   """
   x_advs, batch_stats, gn_norms = learned.recursive_attack(
       generator_fn_for(generator, gen_params), logits_fn, x, labels, z, gen_batch_stats,
-      settings.options)
+      settings.options, key=start_key, copies=settings.draws)
   steps, n = x_advs.shape[:2]
   # One classifier pass over all T steps: a bigger batch is faster than T small ones.
   logits = logits_fn(x_advs.reshape((steps * n,) + x_advs.shape[2:]))
@@ -148,7 +149,7 @@ def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: 
               data_config, base_key):
   """One iteration of Algorithm 1: generator ascent, then the classifier update."""
   key = jax.random.fold_in(base_key, state.step)
-  augment_key, z_key = jax.random.split(key)
+  augment_key, z_key, start_key = jax.random.split(key, 3)
   x = data_lib.augment(augment_key, data_lib.to_float(images), data_config.crop_padding,
                        data_config.horizontal_flip)
   batch, draws = x.shape[0], settings.draws
@@ -163,7 +164,8 @@ def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: 
                      settings)
     objective = functools.partial(generator_objective, generator=generator,
                                   logits_fn=logits_fn, x=x_rep, labels=y_rep, z=z,
-                                  settings=settings)
+                                  settings=settings,
+                                  start_key=jax.random.fold_in(start_key, update))
     (gen_objective, (x_adv, gen_stats, trace)), gen_grads = jax.value_and_grad(
         objective, has_aux=True)(gen.params, gen.batch_stats)
     ascent = jax.tree_util.tree_map(jnp.negative, gen_grads)  # maximise L_G
@@ -198,12 +200,13 @@ def make_finetune_step(generator, gen_tx, settings: GameSettings, logits_fn):
   """A jitted step of generator-only training against a frozen classifier (Table 2 attack)."""
 
   def step(gen: GeneratorState, x, labels, key):
-    z = draw_latents(key, x.shape[0], settings)
+    z_key, start_key = jax.random.split(key)
+    z = draw_latents(z_key, x.shape[0], settings)
     x_rep = jnp.tile(x, (settings.draws, 1, 1, 1))
     y_rep = jnp.tile(labels, settings.draws)
     objective = functools.partial(generator_objective, generator=generator,
                                   logits_fn=logits_fn, x=x_rep, labels=y_rep, z=z,
-                                  settings=settings)
+                                  settings=settings, start_key=start_key)
     (value, (_, stats, _)), grads = jax.value_and_grad(objective, has_aux=True)(
         gen.params, gen.batch_stats)
     updates, opt_state = gen_tx.update(jax.tree_util.tree_map(jnp.negative, grads),
@@ -245,9 +248,10 @@ def generator_attack_examples(gen: GeneratorState, *, generator, settings: GameS
   z_dim = max(settings.z_dim, 1)
 
   def one_draw(draw_key):
-    z = jax.random.normal(draw_key, (x.shape[0], z_dim))[:, :settings.z_dim]
+    z_key, start_key = jax.random.split(draw_key)
+    z = jax.random.normal(z_key, (x.shape[0], z_dim))[:, :settings.z_dim]
     x_advs, _, _ = learned.recursive_attack(generator_fn, logits_fn, x, labels, z,
-                                         gen.batch_stats, settings.options)
+                                            gen.batch_stats, settings.options, key=start_key)
     return x_advs[-1]
 
   return jax.lax.map(one_draw, jax.random.split(key, draws))

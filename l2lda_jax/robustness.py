@@ -29,7 +29,7 @@ from l2lda_jax import sanity
 from l2lda_jax import sharding
 from l2lda_jax.attack_specs import (AUTOATTACK_KINDS, GRADIENT_KINDS, SCORE_KINDS, AttackSpec,
                                     parse_attack, pgd_step_size)
-from l2lda_jax.attacks import apgd, fab
+from l2lda_jax.attacks import apgd, autoattack, fab
 from l2lda_jax.config_validation import reaches
 from l2lda_jax.models import create_classifier
 
@@ -69,6 +69,8 @@ class EvalOptions:
   figures_dir: str = ''  # Figure 2 and accuracy-vs-eps PNG + JSON go here when set
   figure_examples: int = 500
   progress: bool = True
+  save_adversarial: str = ''  # .npz of autoattack's adversarial examples, written per stage
+  previous_report: Optional[dict] = None  # an interrupted report of the same run: resume it
 
 
 def validate_options(options: EvalOptions) -> None:
@@ -104,6 +106,13 @@ def validate_options(options: EvalOptions) -> None:
   for directory in options.surrogates:
     if not os.path.isdir(directory):
       raise EvaluationError(f'--surrogates: {directory!r} is not a directory')
+  if options.save_adversarial:
+    if not any(spec.kind == 'autoattack' for spec in options.attacks):
+      raise EvaluationError('--save_adversarial: saves the examples of --attacks=autoattack, '
+                            'which is not in --attacks')
+    folder = os.path.dirname(os.path.abspath(options.save_adversarial))
+    if not os.path.isdir(folder):
+      raise EvaluationError(f'--save_adversarial: folder {folder!r} does not exist')
 
 
 @dataclasses.dataclass
@@ -182,15 +191,17 @@ def gradient_attack(spec: AttackSpec, eps: float, step_size: Optional[float] = N
   raise ValueError(f'not a gradient attack: {spec.name}')
 
 
-def make_batch_eval(apply_fn, attack):
-  """Jitted (variables, uint8 images, y, key) -> (correct, Linf distance, box violation)."""
+def make_batch_eval(apply_fn, attack, return_adv: bool = False):
+  """Jitted (variables, uint8 images, y, key) -> (correct, Linf distance, box violation),
+  and x_adv last when `return_adv`."""
 
   def run(variables, images, y, key):
     x = data_lib.to_float(images)
     logits_fn = functools.partial(apply_fn, variables)
     x_adv = x if attack is None else attack(logits_fn, x, y, key)
     correct = jnp.argmax(logits_fn(x_adv), -1) == y
-    return correct, *_violations(x, x_adv)
+    outputs = (correct, *_violations(x, x_adv))
+    return outputs + (x_adv,) if return_adv else outputs
 
   return jax.jit(run)
 
@@ -456,7 +467,8 @@ def evaluate(options: EvalOptions, log=print, on_row=None) -> dict:
   """Runs every attack of `options` on the restored classifier; returns the report.
 
   `on_row(partial_report)`, if given, is called after each attack row with the report so
-  far (`complete` False), so an interrupted evaluation keeps the rows it finished.
+  far (`complete` False), so an interrupted evaluation keeps the rows it finished; given
+  that report back as `options.previous_report`, a rerun resumes after them.
   """
   classifier = restore_classifier(options.workdir, options.checkpoint, options.checkpoint_dir)
   config = classifier.config
@@ -467,11 +479,39 @@ def evaluate(options: EvalOptions, log=print, on_row=None) -> dict:
   split = dataset.test if options.split == 'test' else dataset.validation
   test = split.take(options.num_examples) if options.num_examples else split
   base_key = jax.random.PRNGKey(options.seed)
-  rows, correct_by_attack, learned = [], {}, {}
+  done = resumable_rows(options.previous_report, _identity(options, classifier, eps, test), log)
+  rows, correct_by_attack, learned, warnings = [], {}, {}, []
+
+  def report_so_far(complete: bool) -> dict:
+    report = _report(options, classifier, dataset, eps, test, rows, correct_by_attack, complete)
+    if warnings:
+      report['warnings'] = list(warnings)
+    return report
+
+  def add_row(row: dict, correct: np.ndarray, resumed: bool = False) -> None:
+    rows.append(row)
+    correct_by_attack[row['attack']] = correct
+    log(f'{row["attack"]}: {100 * row["accuracy"]:.2f}% '
+        + ('(resumed)' if resumed else f'({row["seconds"]:.1f} s)'))
+    if on_row:
+      on_row(report_so_far(False))
+
   for spec in options.attacks:
+    if spec.kind == 'autoattack':
+      warnings.extend(run_autoattack(classifier, test, options, eps, base_key, done, add_row,
+                                     log))
+      continue
+    needed_for_figures = options.figures_dir and spec.kind in ('l2lda', 'l2l')
+    if spec.name in done and not needed_for_figures:
+      add_row(*done[spec.name], resumed=True)
+      continue
     setup_start = time.time()
     for name, batch_eval, key in _batch_evals_for(spec, classifier, dataset, options, eps,
                                                   base_key, log, learned):
+      if name in done and not needed_for_figures:
+        add_row(*done[name], resumed=True)
+        setup_start = time.time()
+        continue
       start = time.time()
       if batch_eval is None:
         correct, linf, box = restarts_on_survivors(spec, classifier, test, options, eps, key)
@@ -479,15 +519,11 @@ def evaluate(options: EvalOptions, log=print, on_row=None) -> dict:
         correct, linf, box = run_batched(batch_eval, classifier.variables, test,
                                          options.batch_size, key, name, options.progress)
       seconds = time.time() - start
-      rows.append({'attack': name, 'accuracy': float(np.mean(correct)), 'seconds': seconds,
-                   'setup_seconds': start - setup_start, 'max_linf': float(np.max(linf)),
-                   'max_box_violation': float(np.max(box))})
-      correct_by_attack[name] = correct
-      log(f'{name}: {100 * rows[-1]["accuracy"]:.2f}% ({seconds:.1f} s)')
-      if on_row:
-        on_row(_report(options, classifier, dataset, eps, test, rows, correct_by_attack, False))
+      add_row({'attack': name, 'accuracy': float(np.mean(correct)), 'seconds': seconds,
+               'setup_seconds': start - setup_start, 'max_linf': float(np.max(linf)),
+               'max_box_violation': float(np.max(box))}, correct)
       setup_start = time.time()
-  report = _report(options, classifier, dataset, eps, test, rows, correct_by_attack, True)
+  report = report_so_far(True)
   if options.figures_dir:
     report['figures'] = make_figures(classifier, test, options, eps, base_key, learned, log)
   if options.checks:
@@ -497,6 +533,119 @@ def evaluate(options: EvalOptions, log=print, on_row=None) -> dict:
     report['checks_text'] = [sanity.format_check(c) for c in checks]
     report['checks_passed'] = all(c.passed for c in checks)
   return report
+
+
+# ----------------------------------------------------------------------------- resume
+# A report is resumed only if it was made on the same examples, with the same eps and seed.
+RESUME_FIELDS = ('workdir', 'checkpoint_step', 'split', 'num_examples', 'eps', 'seed')
+
+
+def _identity(options: EvalOptions, classifier: Classifier, eps: float, test) -> dict:
+  return {'workdir': os.path.abspath(options.workdir), 'checkpoint_step': classifier.step,
+          'split': options.split, 'num_examples': len(test), 'eps': eps, 'seed': options.seed}
+
+
+def resumable_rows(previous: Optional[dict], identity: dict, log=print) -> dict:
+  """Row name -> (row, per-example correct) of an interrupted report of the same
+  evaluation; {} when there is none, it finished, or it evaluated something else."""
+  if not previous or previous.get('complete', True):
+    return {}
+  differ = [k for k in RESUME_FIELDS if previous.get(k) != identity[k]]
+  if differ:
+    log(f'not resuming the earlier report: its {", ".join(differ)} differ')
+    return {}
+  bits = previous.get('per_example_correct', {})
+  n = identity['num_examples']
+  done = {row['attack']: (row, unpack_correct(bits[row['attack']], n))
+          for row in previous.get('rows', []) if row['attack'] in bits}
+  if done:
+    log(f'resuming an interrupted evaluation: {len(done)} row(s) already done')
+  return done
+
+
+# ----------------------------------------------------------------------------- AutoAttack
+class AdversarialStore:
+  """AutoAttack's adversarial examples in one .npz, rewritten whole after every stage:
+  x_adv (x itself where no stage succeeded), labels, clean_correct, and broken_at (the
+  index of the stage in STANDARD_STAGES that broke the example, -1 if none did)."""
+
+  def __init__(self, path: str, x: np.ndarray, labels: np.ndarray, clean_correct: np.ndarray):
+    self.path = path
+    self.arrays = {'x_adv': x.copy(), 'labels': labels, 'clean_correct': clean_correct,
+                   'broken_at': np.full(len(labels), -1, np.int8)}
+    if os.path.isfile(path):  # a resumed run keeps what its finished stages found
+      with np.load(path) as saved:
+        if saved['x_adv'].shape == x.shape and np.array_equal(saved['labels'], labels):
+          self.arrays.update(x_adv=saved['x_adv'], broken_at=saved['broken_at'])
+
+  def record(self, stage_index: int, indices: np.ndarray, correct: np.ndarray, x_adv) -> None:
+    broken = indices[~np.asarray(correct, bool)]
+    self.arrays['x_adv'][broken] = np.asarray(x_adv)[~np.asarray(correct, bool)]
+    self.arrays['broken_at'][broken] = stage_index
+
+  def write(self) -> None:
+    tmp = self.path + '.tmp'
+    with open(tmp, 'wb') as f:
+      np.savez_compressed(f, **self.arrays)
+    os.replace(tmp, self.path)
+
+
+def run_autoattack(classifier: Classifier, test: data_lib.Split, options: EvalOptions,
+                   eps: float, base_key, done: dict, add_row, log) -> list[str]:
+  """AutoAttack's standard sequence (l2lda_jax.attacks.autoattack), one row per stage with
+  the robust accuracy after it; returns AutoAttack's warnings about this evaluation."""
+  variables, progress = classifier.variables, options.progress
+  logits_fn = functools.partial(classifier.apply_fn, variables)
+  clean_correct = run_batched(make_batch_eval(classifier.apply_fn, None), variables, test,
+                              options.batch_size, base_key, 'autoattack clean', progress)[0]
+  first = np.asarray(data_lib.to_float(test.images[:options.batch_size]))
+  zero_grad = run_batched(jax.jit(lambda v, images, y, key: autoattack.zero_gradient(
+      functools.partial(classifier.apply_fn, v), data_lib.to_float(images), y)),
+      variables, test, options.batch_size, base_key, 'autoattack gradient check', progress)[0]
+  warnings = [w for w in (autoattack.probability_warning(np.asarray(logits_fn(first))),
+                          autoattack.zero_gradient_warning(float(np.mean(zero_grad))))
+              if w]
+  store = None
+  if options.save_adversarial:
+    store = AdversarialStore(options.save_adversarial,
+                             np.asarray(data_lib.to_float(test.images)), test.labels,
+                             clean_correct)
+  stage_attacks = autoattack.stage_attacks(eps)
+  threat = {}  # stage -> (Linf distance, box violation) of the examples it attacked
+
+  def run_stage(stage: str, alive: np.ndarray):
+    batch_eval = make_batch_eval(classifier.apply_fn, stage_attacks[stage],
+                                 return_adv=store is not None)
+    key = attack_key(base_key, parse_attack(stage))  # the key of the stage run alone
+    outputs = run_batched(batch_eval, variables, test.select(alive), options.batch_size, key,
+                          autoattack.row_name(stage), progress)
+    threat[stage] = outputs[1], outputs[2]
+    return outputs[0], (outputs[3] if store is not None else None)
+
+  def on_stage(result: autoattack.StageResult, alive: np.ndarray, x_adv) -> None:
+    name = autoattack.row_name(result.stage)
+    if result.resumed:
+      add_row(*done[name], resumed=True)
+      return
+    linf, box = threat.get(result.stage, (np.zeros(1), np.zeros(1)))
+    if store is not None and len(alive):
+      store.record(autoattack.STANDARD_STAGES.index(result.stage), alive, result.robust[alive],
+                   x_adv)
+      store.write()
+    add_row({'attack': name, 'accuracy': float(np.mean(result.robust)),
+             'seconds': result.seconds, 'setup_seconds': 0.0, 'attacked': result.attacked,
+             'max_linf': float(np.max(linf)), 'max_box_violation': float(np.max(box))},
+            result.robust)
+
+  done_stages = {stage: done[autoattack.row_name(stage)][1]
+                 for stage in autoattack.STANDARD_STAGES if autoattack.row_name(stage) in done}
+  results = autoattack.run_sequence(run_stage, clean_correct, done=done_stages,
+                                    on_stage=on_stage)
+  masking = autoattack.masking_warning(results)
+  warnings = warnings + ([masking] if masking else [])
+  for warning in warnings:
+    log(f'AutoAttack warning: {warning}')
+  return warnings
 
 
 def _report(options: EvalOptions, classifier: Classifier, dataset, eps: float,
@@ -539,6 +688,9 @@ def sanity_checks(classifier: Classifier, test: data_lib.Split, rows: list[dict]
   checks = checks + [whole_run]
   gradient = [s.name for s in options.attacks if s.kind in GRADIENT_KINDS + AUTOATTACK_KINDS]
   score = [s.name for s in options.attacks if s.kind in SCORE_KINDS]
+  if any(s.kind == 'autoattack' for s in options.attacks):  # its rows are cumulative
+    gradient.append(autoattack.row_name(autoattack.GRADIENT_STAGES[-1]))
+    score.append(autoattack.row_name('square'))
   if correct_by_attack and gradient and score:
     checks.append(sanity.square_after_gradient_result(correct_by_attack, gradient, score))
   return checks

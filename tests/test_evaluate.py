@@ -28,7 +28,8 @@ def test_parse_attacks_reads_every_kind_of_name():
   assert specs[4] == AttackSpec('cw1000', 'cw', 1000, 1)
   assert specs[5] == AttackSpec('mifgsm20', 'mifgsm', 20, 1)
   assert [s.kind for s in specs[6:]] == ['l2lda', 'l2l', 'advgan', 'gap', 'transfer']
-  assert [s.kind for s in parse_attacks('APGD-CE,apgd-t,fab-t')] == ['apgd-ce', 'apgd-t', 'fab-t']
+  assert [s.kind for s in parse_attacks('APGD-CE,apgd-t,fab-t,autoattack')] == [
+      'apgd-ce', 'apgd-t', 'fab-t', 'autoattack']
 
 
 @pytest.mark.parametrize('text, message', [
@@ -113,6 +114,52 @@ def test_autoattack_rows_stay_in_the_ball_and_break_the_undefended_model(plain_r
   for name in ('apgd-ce', 'apgd-t', 'fab-t'):
     assert rows[name]['max_linf'] <= EPS + 1e-6 and rows[name]['max_box_violation'] == 0.0
     assert rows[name]['accuracy'] < rows['clean']['accuracy']
+
+
+def test_autoattack_sequence_rows_resume_and_saved_examples(plain_run, tmp_path):
+  saved = str(tmp_path / 'adv.npz')
+  partials = []
+  report = _evaluate(plain_run, 'clean,autoattack', on_row=partials.append,
+                     save_adversarial=saved)
+  names = ['clean'] + [f'autoattack {s}' for s in ('apgd-ce', 'apgd-t', 'fab-t', 'square')]
+  rows = {r['attack']: r for r in report['rows']}
+  assert list(rows) == names
+  accuracies = [rows[n]['accuracy'] for n in names]
+  assert accuracies == sorted(accuracies, reverse=True)  # each stage only removes examples
+  assert accuracies[-1] < accuracies[0]  # it breaks the undefended model
+  assert report['worst_case_accuracy'] == pytest.approx(accuracies[-1])
+  # Each stage attacked exactly the examples the earlier ones left robust.
+  n = report['num_examples']
+  assert rows['autoattack apgd-t']['attacked'] == round(rows['autoattack apgd-ce']['accuracy'] * n)
+  with np.load(saved) as adv:
+    x_adv, broken_at, clean_correct = adv['x_adv'], adv['broken_at'], adv['clean_correct']
+  with learnable_mnist_mock():
+    config = robustness.load_run_config(plain_run)
+    test = data_lib.load_dataset(config.data).test.take(48)
+  x = np.asarray(data_lib.to_float(test.images))
+  assert np.max(np.abs(x_adv - x)) <= EPS + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+  final = robustness.unpack_correct(report['per_example_correct']['autoattack square'], n)
+  assert np.array_equal(broken_at >= 0, clean_correct & ~final)
+  classifier = robustness.restore_classifier(plain_run, 'latest')
+  predicted = np.argmax(classifier.apply_fn(classifier.variables, x_adv), -1)
+  assert np.all(predicted[broken_at >= 0] != test.labels[broken_at >= 0])
+  np.testing.assert_array_equal(x_adv[broken_at < 0], x[broken_at < 0])
+
+  # Interrupted after APGD-T: the rerun keeps those rows and runs FAB-T and Square only.
+  interrupted = partials[2]
+  assert [r['attack'] for r in interrupted['rows']] == names[:3] and not interrupted['complete']
+  messages = []
+  resumed = _evaluate(plain_run, 'clean,autoattack', previous_report=interrupted,
+                      log=messages.append)
+  assert any('resumed' in m for m in messages)
+  assert [r['attack'] for r in resumed['rows']] == names
+  for name in names[:3]:
+    assert resumed['per_example_correct'][name] == report['per_example_correct'][name]
+  assert resumed['rows'][3]['attacked'] == report['rows'][3]['attacked']
+  # A report of other examples is not resumed.
+  assert robustness.resumable_rows(interrupted, {**{k: interrupted[k] for k in
+                                                    robustness.RESUME_FIELDS},
+                                                 'num_examples': 47}) == {}
 
 
 def test_eps_zero_attacks_give_exactly_the_clean_accuracy(plain_run):

@@ -175,3 +175,38 @@ def test_input_gradient_is_stop_gradiented():
       lambda u: jnp.mean(learned.cross_entropy(logits_fn(u), y)))(x_adv)
   with_second_order = jax.grad(_loop_objective)(params, x, y, z, options, live)
   assert not np.allclose(with_second_order['w'], ours['w'], rtol=1e-4)
+
+
+def test_random_start_is_uniform_in_the_eps_ball_and_the_attack_stays_in_it():
+  x, y, z, params = _setup()
+  options = learned.UnrollOptions(eps=EPS, steps=3, step_size=0.1, random_start=True)
+  delta_0 = learned.initial_delta(x, options, jax.random.PRNGKey(5))
+  assert float(jnp.max(jnp.abs(delta_0))) <= EPS
+  assert float(jnp.mean(jnp.abs(delta_0))) == pytest.approx(EPS / 2, rel=0.15)  # U(-eps, eps)
+  x_advs, _, _ = learned.recursive_attack(_toy_generator(params), _classifier(), x, y, z,
+                                          jnp.zeros(()), options, key=jax.random.PRNGKey(5))
+  assert float(jnp.max(jnp.abs(x_advs - x[None]))) <= EPS + 1e-6
+  assert float(x_advs.min()) >= 0.0 and float(x_advs.max()) <= 1.0
+  # The first step starts from x + delta_0, not from x: the result differs from delta_0 = 0.
+  from_zero, _, _ = learned.recursive_attack(_toy_generator(params), _classifier(), x, y, z,
+                                             jnp.zeros(()), options._replace(random_start=False))
+  assert float(jnp.max(jnp.abs(x_advs[0] - from_zero[0]))) > 1e-3
+
+
+def test_random_start_without_a_key_is_an_error():
+  x, y, z, params = _setup()
+  options = learned.UnrollOptions(eps=EPS, steps=2, step_size=0.2, random_start=True)
+  with pytest.raises(ValueError, match='random_start needs a key'):
+    learned.recursive_attack(_toy_generator(params), _classifier(), x, y, z, jnp.zeros(()),
+                             options)
+  assert not jnp.any(learned.initial_delta(x, options._replace(random_start=False), None))
+
+
+def test_the_copies_of_the_doubled_batch_share_one_random_start():
+  """[x; x] with [z1; z2]: one start per image, so x_adv(z1) - x_adv(z2) comes from z alone."""
+  x, *_ = _setup()
+  doubled = jnp.concatenate([x, x])
+  options = learned.UnrollOptions(eps=EPS, random_start=True)
+  delta = learned.initial_delta(doubled, options, jax.random.PRNGKey(3), copies=2)
+  np.testing.assert_array_equal(delta[:4], delta[4:])
+  assert float(jnp.std(delta[:4])) > 0.1  # and it is random, not zero

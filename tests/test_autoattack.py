@@ -1,0 +1,126 @@
+"""AutoAttack's standard sequence: the survivor bookkeeping, its warnings, evaluate.py's
+`autoattack` rows (resume, saved examples), and agreement with torchattacks' AutoAttack."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tiny_mlp import CLASSES, accuracy, fit_tiny_mlp, one_torch_thread, torch_mlp
+
+from l2lda_jax.attacks import autoattack
+
+EPS = 0.3
+
+
+# ----------------------------------------------------------------------------- the sequence
+def _fake_stage_runner(breaks: dict, calls: list):
+  """Stage s breaks exactly the examples in breaks[s]; records which examples it saw."""
+
+  def run_stage(stage, alive):
+    calls.append((stage, alive.tolist()))
+    correct = ~np.isin(alive, breaks[stage])
+    return correct, np.zeros((len(alive), 2))
+
+  return run_stage
+
+
+BREAKS = {'apgd-ce': [0, 1], 'apgd-t': [1, 2], 'fab-t': [], 'square': [3, 5]}
+
+
+def test_each_stage_runs_only_on_the_survivors_of_the_earlier_ones():
+  calls = []
+  clean = np.array([True] * 6 + [False])  # example 6 is misclassified clean: never attacked
+  results = autoattack.run_sequence(_fake_stage_runner(BREAKS, calls), clean)
+  assert [stage for stage, _ in calls] == list(autoattack.STANDARD_STAGES)
+  assert calls[0][1] == [0, 1, 2, 3, 4, 5]
+  assert calls[1][1] == [2, 3, 4, 5]  # 0 and 1 fell to APGD-CE
+  assert calls[3][1] == [3, 4, 5]
+  robust = [r.robust.tolist() for r in results]
+  assert robust[-1] == [False, False, False, False, True, False, False]
+  for earlier, later in zip(results, results[1:]):  # robust accuracy never rises
+    assert not np.any(later.robust & ~earlier.robust)
+  assert [r.attacked for r in results] == [6, 4, 3, 3]
+
+
+def test_a_resumed_sequence_skips_finished_stages_and_ends_the_same():
+  clean = np.ones(6, bool)
+  full = autoattack.run_sequence(_fake_stage_runner(BREAKS, []), clean)
+  done = {r.stage: r.robust for r in full[:2]}
+  calls, seen = [], []
+  resumed = autoattack.run_sequence(_fake_stage_runner(BREAKS, calls), clean, done=done,
+                                    on_stage=lambda r, alive, x: seen.append((r.stage, r.resumed)))
+  assert [stage for stage, _ in calls] == ['fab-t', 'square']
+  assert seen == [('apgd-ce', True), ('apgd-t', True), ('fab-t', False), ('square', False)]
+  assert [r.robust.tolist() for r in resumed] == [r.robust.tolist() for r in full]
+
+
+def test_masking_warning_counts_what_square_broke_after_the_gradient_stages():
+  results = autoattack.run_sequence(_fake_stage_runner(BREAKS, []), np.ones(6, bool))
+  warning = autoattack.masking_warning(results)
+  assert warning.startswith('Square broke 2 example(s)') and '33.33 pp' in warning
+  quiet = autoattack.run_sequence(_fake_stage_runner({**BREAKS, 'square': []}, []),
+                                  np.ones(6, bool))
+  assert autoattack.masking_warning(quiet) is None
+
+
+def test_probability_outputs_are_recognised_and_logits_are_not():
+  logits = jax.random.normal(jax.random.PRNGKey(0), (8, 10)) * 3
+  assert autoattack.looks_like_probabilities(np.asarray(jax.nn.softmax(logits)))
+  assert autoattack.probability_warning(np.asarray(jax.nn.softmax(logits))) is not None
+  assert not autoattack.looks_like_probabilities(np.asarray(logits))
+  # Rows in [0, 1] that do not sum to 1 (sigmoids) are not probabilities of one label.
+  assert not autoattack.looks_like_probabilities(np.asarray(jax.nn.sigmoid(logits)))
+
+
+def test_zero_gradient_is_flagged_per_example():
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 3, 3, 1))
+  y = jnp.array([0, 1, 0, 1])
+  w = jax.random.normal(jax.random.PRNGKey(2), (9, 2))
+  linear = lambda v: v.reshape(v.shape[0], -1) @ w
+  # A thresholded model: a pixel sum below 100 gives constant logits, so no gradient.
+  flat = lambda v: jnp.where(v.sum((1, 2, 3))[:, None] > 100, linear(v), 0.0)
+  assert not np.any(autoattack.zero_gradient(linear, x, y))
+  assert np.all(autoattack.zero_gradient(flat, x, y))
+  assert autoattack.zero_gradient_warning(0.0) is None
+  assert '50.00%' in autoattack.zero_gradient_warning(0.5)
+
+
+# ----------------------------------------------------------------------------- torchattacks
+@pytest.fixture(scope='module')
+def tiny_mlp():
+  return fit_tiny_mlp()
+
+
+def _our_sequence(logits_fn, x, y, key):
+  stages = autoattack.stage_attacks(EPS)
+  x_np = np.asarray(x)
+
+  def run_stage(stage, alive):
+    x_adv = stages[stage](logits_fn, jnp.asarray(x_np[alive]), y[alive],
+                          jax.random.fold_in(key, len(stage)))
+    return np.asarray(jnp.argmax(logits_fn(x_adv), -1) == y[alive]), x_adv
+
+  clean = np.asarray(jnp.argmax(logits_fn(x), -1) == y)
+  return autoattack.run_sequence(run_stage, clean)
+
+
+def test_standard_sequence_agrees_with_torchattacks_autoattack(tiny_mlp):
+  """The same weights and images: robust accuracy after the whole sequence within 2 pp of
+  torchattacks' AutoAttack (standard, Linf) on 200 examples (one example is 0.5 pp; the two
+  codes draw different random starts and squares)."""
+  torchattacks = pytest.importorskip('torchattacks')
+  import torch
+  params, logits_fn, x, y = tiny_mlp
+  ours = _our_sequence(logits_fn, x, y, jax.random.PRNGKey(0))
+  with one_torch_thread():
+    attack = torchattacks.AutoAttack(torch_mlp(params), norm='Linf', eps=EPS,
+                                     version='standard', n_classes=CLASSES, seed=0)
+    x_torch = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+    x_adv = attack(x_torch, torch.from_numpy(np.asarray(y)).long())
+    theirs = float((torch_mlp(params)(x_adv).argmax(-1).numpy() == np.asarray(y)).mean())
+  robust = float(np.mean(ours[-1].robust))
+  print(f'AutoAttack robust accuracy: l2lda_jax {robust:.4f}, torchattacks {theirs:.4f}; '
+        f'clean {accuracy(logits_fn, x, y):.4f}')
+  assert robust < accuracy(logits_fn, x, y) - 0.3  # it breaks the undefended model
+  assert abs(robust - theirs) <= 0.02
