@@ -132,7 +132,7 @@ def generator_objective(gen_params, gen_batch_stats, *, generator, logits_fn, x,
   """
   x_advs, batch_stats, gn_norms = learned.recursive_attack(
       generator_fn_for(generator, gen_params), logits_fn, x, labels, z, gen_batch_stats,
-      settings.options, key=start_key, copies=settings.draws)
+      settings.options, key=start_key)
   steps, n = x_advs.shape[:2]
   # One classifier pass over all T steps: a bigger batch is faster than T small ones.
   logits = logits_fn(x_advs.reshape((steps * n,) + x_advs.shape[2:]))

@@ -92,8 +92,11 @@ def tiny_mlp():
   return fit_tiny_mlp()
 
 
+AGREEMENT_EPS = 0.05  # on the tiny MLP: APGD-CE leaves about a quarter robust (test_apgd.py)
+
+
 def _our_sequence(logits_fn, x, y, key):
-  stages = autoattack.stage_attacks(EPS)
+  stages = autoattack.stage_attacks(AGREEMENT_EPS)
   x_np = np.asarray(x)
 
   def run_stage(stage, alive):
@@ -106,21 +109,21 @@ def _our_sequence(logits_fn, x, y, key):
 
 
 def test_standard_sequence_agrees_with_torchattacks_autoattack(tiny_mlp):
-  """The same weights and images: robust accuracy after the whole sequence within 2 pp of
-  torchattacks' AutoAttack (standard, Linf) on 200 examples (one example is 0.5 pp; the two
-  codes draw different random starts and squares)."""
+  """The same weights and images: robust accuracy after the whole sequence within 1 pp (two
+  of 200 examples) of torchattacks' AutoAttack (standard, Linf); the two codes draw
+  different random starts and squares."""
   torchattacks = pytest.importorskip('torchattacks')
   import torch
   params, logits_fn, x, y = tiny_mlp
   ours = _our_sequence(logits_fn, x, y, jax.random.PRNGKey(0))
   with one_torch_thread():
-    attack = torchattacks.AutoAttack(torch_mlp(params), norm='Linf', eps=EPS,
+    attack = torchattacks.AutoAttack(torch_mlp(params), norm='Linf', eps=AGREEMENT_EPS,
                                      version='standard', n_classes=CLASSES, seed=0)
     x_torch = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
-    x_adv = attack(x_torch, torch.from_numpy(np.asarray(y)).long())
+    x_adv = attack(x_torch, torch.from_numpy(np.array(y)).long())
     theirs = float((torch_mlp(params)(x_adv).argmax(-1).numpy() == np.asarray(y)).mean())
   robust = float(np.mean(ours[-1].robust))
   print(f'AutoAttack robust accuracy: l2lda_jax {robust:.4f}, torchattacks {theirs:.4f}; '
         f'clean {accuracy(logits_fn, x, y):.4f}')
-  assert robust < accuracy(logits_fn, x, y) - 0.3  # it breaks the undefended model
-  assert abs(robust - theirs) <= 0.02
+  assert 0.05 < robust < accuracy(logits_fn, x, y) - 0.3  # it breaks the undefended model
+  assert abs(robust - theirs) <= 0.01

@@ -201,12 +201,3 @@ def test_random_start_without_a_key_is_an_error():
                              options)
   assert not jnp.any(learned.initial_delta(x, options._replace(random_start=False), None))
 
-
-def test_the_copies_of_the_doubled_batch_share_one_random_start():
-  """[x; x] with [z1; z2]: one start per image, so x_adv(z1) - x_adv(z2) comes from z alone."""
-  x, *_ = _setup()
-  doubled = jnp.concatenate([x, x])
-  options = learned.UnrollOptions(eps=EPS, random_start=True)
-  delta = learned.initial_delta(doubled, options, jax.random.PRNGKey(3), copies=2)
-  np.testing.assert_array_equal(delta[:4], delta[4:])
-  assert float(jnp.std(delta[:4])) > 0.1  # and it is random, not zero

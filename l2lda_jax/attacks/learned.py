@@ -80,29 +80,25 @@ def attack_cell(generator_fn, logits_fn, x, labels, z, delta, batch_stats,
   return delta, jnp.clip(x + delta, 0.0, 1.0), batch_stats, channel_norm_mean(gn)
 
 
-def initial_delta(x: jax.Array, options: UnrollOptions, key: jax.Array | None,
-                  copies: int = 1) -> jax.Array:
+def initial_delta(x: jax.Array, options: UnrollOptions, key: jax.Array | None) -> jax.Array:
   """delta_0: 0 as in SPEC section 1, or with `random_start` uniform in the eps-ball, as
   PGD starts: then the first gradient the generator sees is taken off the clean point, where
   a classifier trained against attacks that all start at x can learn to flatten its loss.
 
-  `copies`: x is that many copies of one batch (the game's [x; x]); each copy gets the
-  same start, so x_adv(z1) and x_adv(z2) differ only through z and L_div still measures
-  what z does.
+  Every row gets its own start, the two z copies of the game's [x; x] included (one start
+  shared by both copies did worse in the study of docs/RESULTS.md).
   """
   if not options.random_start:
     return jnp.zeros_like(x)
   if key is None:
     raise ValueError('recursive_attack: random_start needs a key')
-  shape = (x.shape[0] // copies,) + x.shape[1:]
-  delta = jax.random.uniform(key, shape, x.dtype, -options.eps, options.eps)
-  return jnp.tile(delta, (copies,) + (1,) * (x.ndim - 1))
+  return jax.random.uniform(key, x.shape, x.dtype, -options.eps, options.eps)
 
 
 def recursive_attack(generator_fn, logits_fn, x, labels, z, batch_stats,
-                     options: UnrollOptions, key: jax.Array | None = None, copies: int = 1):
+                     options: UnrollOptions, key: jax.Array | None = None):
   """T cells in one lax.scan from delta_0 (`initial_delta`; `key` draws it when
-  options.random_start, the same for each of x's `copies`), z held fixed over the T steps.
+  options.random_start), z held fixed over the T steps.
 
   Returns (x_adv of every step, shape [T, N, H, W, C], final batch_stats, the mean
   per-channel norm of gn at every step, shape [T]).
@@ -115,7 +111,7 @@ def recursive_attack(generator_fn, logits_fn, x, labels, z, batch_stats,
     return (delta, stats), (x_adv, gn_norm)
 
   (_, batch_stats), (x_advs, gn_norms) = jax.lax.scan(
-      step, (initial_delta(x, options, key, copies), batch_stats), None, length=options.steps,
+      step, (initial_delta(x, options, key), batch_stats), None, length=options.steps,
       unroll=options.unroll)
   return x_advs, batch_stats, gn_norms
 
