@@ -6,10 +6,13 @@ For each run's best checkpoint, on validation images (never the test set), the a
   - dense random perturbations of the whole eps-ball: uniform noise, random +-eps signs,
     and Square's own starting point (vertical +-eps stripes), each the worst of DRAWS draws;
   - Square (Linf, margin loss) after 1, 10, 100, 1,000 and 5,000 queries;
-  - PGD-100 (step eps/12, random start), and the per-example worst of PGD-100 and Square.
+  - PGD-100 (step eps/12, random start), and the per-example worst of PGD-100 and Square;
+and the share of input pixels whose CE gradient is exactly zero, at x and at x plus uniform
+noise (`zero_grad_at_x`, `zero_grad_at_noise`, in %).
 A model that is robust along its gradients but not to dense noise shows a large drop at the
 noise rows and at Square's first queries; a model whose loss is only locally misleading loses
-late, over many queries. Prints one JSON line per run.
+late, over many queries. A model that flattened its loss where its attacks start shows many
+zero-gradient pixels at x and few at noise. Prints one JSON line per run.
 """
 
 import argparse
@@ -33,6 +36,14 @@ def worst_of_draws(logits_fn, x, y, key, perturb, draws=DRAWS):
   for k in jax.random.split(key, draws):
     correct &= jnp.argmax(logits_fn(perturb(k, x)), -1) == y
   return correct
+
+
+def zero_gradient_pixels(logits_fn, x, y):
+  """How many input pixels have a CE gradient of exactly zero (ReLUs dead around them)."""
+  import jax
+  import jax.numpy as jnp
+  loss = lambda v: jnp.sum(-jax.nn.log_softmax(logits_fn(v))[jnp.arange(y.shape[0]), y])
+  return jnp.sum(jax.grad(loss)(x) == 0)
 
 
 def noise_families(eps: float):
@@ -72,18 +83,25 @@ def profile(workdir: str, num_examples: int, batch_size: int, seed: int) -> dict
     x_pgd = pgd(logits_fn, x, y, keys[2], eps=eps, steps=100, step_size=eps / 12)
     rows['pgd100'] = jnp.argmax(logits_fn(x_pgd), -1) == y
     rows['worst'] = rows['pgd100'] & rows[f'square{QUERY_BUDGETS[-1]}']
-    return rows
+    noisy = families['uniform'](keys[0], x)
+    zero = {name: zero_gradient_pixels(logits_fn, v, y) for name, v in
+            (('zero_grad_at_x', x), ('zero_grad_at_noise', noisy))}
+    return rows, zero
 
   key = jax.random.PRNGKey(seed)
-  totals = {}
+  totals, pixels = {}, {}
   for start in range(0, len(split), batch_size):
     x = data_lib.to_float(jnp.asarray(split.images[start:start + batch_size]))
     y = jnp.asarray(split.labels[start:start + batch_size])
-    rows = batch_profile(x, y, jax.random.fold_in(key, start))
+    rows, zero = batch_profile(x, y, jax.random.fold_in(key, start))
     for name, correct in rows.items():
       totals[name] = totals.get(name, 0) + int(np.asarray(correct).sum())
+    for name, count in zero.items():
+      pixels[name] = pixels.get(name, 0) + int(count)
+  pixel_count = int(np.prod(split.images.shape))
   return {'workdir': workdir, 'step': classifier.step, 'examples': len(split),
-          **{name: round(100 * count / len(split), 2) for name, count in totals.items()}}
+          **{name: round(100 * count / len(split), 2) for name, count in totals.items()},
+          **{name: round(100 * count / pixel_count, 2) for name, count in pixels.items()}}
 
 
 def main():

@@ -29,7 +29,7 @@ from l2lda_jax import sanity
 from l2lda_jax import sharding
 from l2lda_jax.attack_specs import (AUTOATTACK_KINDS, GRADIENT_KINDS, SCORE_KINDS, AttackSpec,
                                     parse_attack, pgd_step_size)
-from l2lda_jax.attacks import apgd, autoattack, fab
+from l2lda_jax.attacks import apgd, autoattack, fab, l2lda_attack
 from l2lda_jax.config_validation import reaches
 from l2lda_jax.models import create_classifier
 
@@ -301,7 +301,7 @@ def train_learned_attack(kind: str, classifier: Classifier, train: data_lib.Spli
     log(f'{kind}: step {step}/{options.generator_steps}, objective {objective:.4f}, '
         f'{time.time() - start:.0f} s')
 
-  gen, objective = l2lda.finetune_generator(
+  gen, objective = l2lda_attack.finetune_generator(
       gen, generator=generator, gen_tx=gen_tx, settings=settings, logits_fn=logits_fn,
       images=data_lib.to_float(jnp.asarray(train.images)), labels=jnp.asarray(train.labels),
       steps=options.generator_steps, batch_size=options.generator_batch_size, key=key,
@@ -318,7 +318,7 @@ def learned_batch_eval(learned: LearnedAttack, classifier: Classifier, options: 
   def run(variables, images, y, draw_key):
     x = data_lib.to_float(images)
     target_logits = functools.partial(classifier.apply_fn, variables)
-    x_advs = l2lda.generator_attack_examples(
+    x_advs = l2lda_attack.generator_attack_examples(
         learned.gen, generator=learned.generator, settings=learned.settings,
         logits_fn=target_logits, x=x, labels=y, key=draw_key, draws=options.generator_draws)
     correct = jax.lax.map(lambda x_adv: jnp.argmax(target_logits(x_adv), -1) == y, x_advs)
@@ -420,7 +420,7 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
 def fit_generative_attack(kind: str, classifier: Classifier, train: data_lib.Split,
                           options: EvalOptions, eps: float, key, log=print):
   """AdvGAN / GAP trained against the frozen classifier with configs/<kind>.py's recipe."""
-  from l2lda_jax import generative_attacks
+  from l2lda_jax.attacks import generative as generative_attacks
   attack_config = importlib.import_module(f'configs.{kind}').get_config(
       options.generative_config_variant)
   logits_fn = functools.partial(classifier.apply_fn, classifier.variables)

@@ -24,6 +24,7 @@ from l2lda_jax import data as data_lib
 from l2lda_jax import defenses
 from l2lda_jax import evaluation
 from l2lda_jax import l2lda
+from l2lda_jax.attacks import l2lda_attack
 from l2lda_jax import optimizers
 from l2lda_jax import sharding
 from l2lda_jax import summaries
@@ -223,7 +224,7 @@ def make_generator_evaluator(config, model, mesh, num_classes: int, channels: in
 
   def correct(variables, images, labels, key):
     logits_fn = functools.partial(apply_fn, variables['classifier'])
-    return l2lda.generator_attack_correct(
+    return l2lda_attack.generator_attack_correct(
         variables['generator'], generator=generator, settings=settings, logits_fn=logits_fn,
         x=data_lib.to_float(images), labels=labels, key=key, draws=1)
 

@@ -9,8 +9,8 @@ import pytest
 
 from configs import advgan as advgan_config
 from configs import gap as gap_config
-from l2lda_jax import generative_attacks as ga
-from l2lda_jax.models.attack_generators import (AdvGANDiscriminator, AdvGANGenerator,
+from l2lda_jax.attacks import generative as ga
+from l2lda_jax.attacks.generative_nets import (AdvGANDiscriminator, AdvGANGenerator,
                                                 GAPGenerator)
 
 CONFIGS = {'advgan': advgan_config, 'gap': gap_config}

@@ -1,7 +1,11 @@
-"""Attacks as pure functions of `(logits_fn, x, y, key, ...)` (SPEC section 6).
+"""Every attack the evaluation uses, as pure functions of `(logits_fn, x, y, key, ...)`
+(SPEC section 6), or trained objects with that call.
 
-The model is a closure (`logits_fn: images -> logits`), so attacks never import
-models or training code and the evaluation suite can reuse them as they are.
+The model is a closure (`logits_fn: images -> logits`), so the attacks never import a
+classifier. Gradient attacks (gradient.py), AutoAttack's stages and sequence (apgd.py,
+fab.py, square.py, autoattack.py), and the learned ones: the recursive L2L-DA cell
+(learned.py), the L2L-DA generator fine-tuned as an attack (l2lda_attack.py, which reuses the
+training game's objective) and AdvGAN / GAP (generative.py, generative_nets.py).
 """
 
 from l2lda_jax.attacks.gradient import (Best, cw, fgsm, keep_better, mi_fgsm, no_best, pgd,

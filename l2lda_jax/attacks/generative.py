@@ -35,7 +35,7 @@ import optax
 from l2lda_jax import data as data_lib
 from l2lda_jax.attacks.losses import cross_entropy
 from l2lda_jax.attacks.projection import project_linf
-from l2lda_jax.models.attack_generators import (AdvGANDiscriminator, AdvGANGenerator,
+from l2lda_jax.attacks.generative_nets import (AdvGANDiscriminator, AdvGANGenerator,
                                                 GAPGenerator)
 
 LogitsFn = Callable[[jax.Array], jax.Array]
