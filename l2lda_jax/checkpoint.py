@@ -36,14 +36,15 @@ class Restored(NamedTuple):
   slot: str  # 'best' or 'latest': the folder it was read from
 
 
-def _manager(directory: str, cleanup: bool = False, **options) -> ocp.CheckpointManager:
+def _manager(directory: str, writer: bool = False, **options) -> ocp.CheckpointManager:
   # Synchronous saves: a checkpoint on disk is complete when save() returns, and
   # orbax's write-to-temp-then-rename makes a save killed half-way invisible.
-  # cleanup: orbax removes unfinished temp folders at start; only the writer may, since
-  # a reader (evaluate.py during training) would delete a save in progress.
+  # Only the writer creates folders (a reader of a run with none must not leave empty
+  # ones behind) and removes unfinished temp folders at start, since a reader
+  # (evaluate.py during training) would delete a save in progress.
   return ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(
-          create=True, enable_async_checkpointing=False, cleanup_tmp_directories=cleanup,
+          create=writer, enable_async_checkpointing=False, cleanup_tmp_directories=writer,
           **options))
 
 
@@ -128,8 +129,8 @@ class Checkpoints:
       for slot in SLOT_FOLDERS.values():
         for path in unfinished_saves(os.path.join(self.workdir, slot)):
           log(f'removing an unfinished checkpoint save (interrupted): {path}')
-    self.latest = _manager(self._folder('latest'), cleanup=writer, max_to_keep=keep)
-    self.best = _manager(self._folder('best'), cleanup=writer, max_to_keep=1,
+    self.latest = _manager(self._folder('latest'), writer=writer, max_to_keep=keep)
+    self.best = _manager(self._folder('best'), writer=writer, max_to_keep=1,
                          best_fn=lambda metrics: metrics[BEST_METRIC], best_mode='max')
 
   def _folder(self, slot: str) -> str:

@@ -133,11 +133,19 @@ def export_metadata(model: str, params: Mapping, **extra) -> dict[str, str]:
   return metadata
 
 
+def current_umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str,
                      metadata: Mapping[str, str]) -> None:
   """Writes the state dict and its metadata; creates the parent folder."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   safetensors_numpy.save_file(dict(state_dict), path, metadata=dict(metadata))
+  # The writer creates the file 0600; a model file is shared like any other output.
+  os.chmod(path, 0o666 & ~current_umask())
 
 
 def read_metadata(path: str) -> dict[str, str]:

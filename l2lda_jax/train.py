@@ -328,8 +328,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) in `workdir`, then reports test accuracy; returns the report."""
   config = resolve_run_length(config)
   validate_config(config)
+  dataset = data_lib.load_dataset(config.data)  # before the workdir: a data error leaves none
   os.makedirs(workdir, exist_ok=True)
-  dataset = data_lib.load_dataset(config.data)
   if dataset.lossy:
     logging.warning(data_lib.LOSSY_NOTE)
   mesh = sharding.make_data_mesh()

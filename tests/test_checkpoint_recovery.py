@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 from conftest import make_tiny_mnist_config
 
 from l2lda_jax import checkpoint as checkpoint_lib
+from l2lda_jax import data as data_lib
 from l2lda_jax import export, robustness, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,6 +96,7 @@ import os, signal, sys
 sys.path.insert(0, sys.argv[2])
 import orbax.checkpoint as ocp
 from l2lda_jax import checkpoint as checkpoint_lib
+from l2lda_jax import data as data_lib
 
 finalize = ocp.path.atomicity.AtomicRenameTemporaryPath.finalize
 
@@ -262,3 +264,26 @@ def test_evaluate_cli_with_no_readable_checkpoint_prints_one_error_line(run):
   assert 'Traceback' not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith(f'error: --checkpoint: no readable checkpoint in {run}')
+
+
+def test_reading_a_run_with_no_checkpoints_creates_no_folders(tmp_path):
+  """evaluate.py / export.py on a folder with only config.json: one error, and the folder
+  is left as it was (no empty best/ and checkpoints/)."""
+  workdir = tmp_path / 'only_config'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text(_config().to_json())
+  with pytest.raises(robustness.EvaluationError, match='--checkpoint'):
+    robustness.restore_classifier(str(workdir), 'best')
+  with pytest.raises(export.ExportError):
+    export._restore(str(workdir), 'latest')  # pylint: disable=protected-access
+  assert sorted(os.listdir(workdir)) == ['config.json']
+
+
+def test_a_data_error_leaves_no_workdir(tmp_path):
+  config = _config()
+  config.data.manual_dir = str(tmp_path / 'empty_data')
+  os.makedirs(config.data.manual_dir)
+  workdir = tmp_path / 'run'
+  with pytest.raises(data_lib.DataError):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()

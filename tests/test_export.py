@@ -131,6 +131,8 @@ def test_safetensors_round_trip(resnet, tmp_path):
                                      std=ResNet20.std, num_batches_tracked=7)
   export.save_safetensors(state, path, export.export_metadata(
       'resnet20', variables['params'], eps=8 / 255))
+  # Readable like any other output file (the writer alone would leave it 0600).
+  assert os.stat(path).st_mode & 0o777 == 0o666 & ~export.current_umask()
   loaded = export.load_torch_model(path)
   assert not loaded.training
   assert int(loaded.layer3[2].bn2.num_batches_tracked) == 7
