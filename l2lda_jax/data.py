@@ -9,12 +9,16 @@ Augmentation (SPEC section 4) runs inside the compiled step.
 import dataclasses
 import functools
 import os
+import socket
 import tarfile
+import urllib.parse
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Seconds to wait for a download host before calling the machine offline.
+NETWORK_TIMEOUT_S = 5.0
 # The validation split is carved with a fixed seed, so it never depends on config.seed.
 _SPLIT_SEED = 20190101
 
@@ -83,21 +87,46 @@ def _as_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
   return images, np.concatenate([c['label'] for c in chunks]).astype(np.int32)
 
 
+def _offline_help(name: str) -> str:
+  files = ', '.join(MNIST_FILES) if name == 'mnist' else CIFAR10_JPEG_TARBALL
+  return (f'Offline, put {files} in a folder and set L2LDA_MANUAL_DIR (or '
+          f'--config.data.manual_dir) to it.')
+
+
+def unreachable_hosts(urls, timeout: float = NETWORK_TIMEOUT_S) -> list[str]:
+  """The hosts of `urls` that do not accept a TCP connection within `timeout` seconds."""
+  hosts = {(parts.hostname, parts.port or (443 if parts.scheme == 'https' else 80))
+           for parts in map(urllib.parse.urlparse, urls) if parts.hostname}
+  unreachable = []
+  for host, port in sorted(hosts):
+    try:
+      socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+      unreachable.append(host)
+  return unreachable
+
+
 def _prepared_builder(name: str, data_dir: str | None, manual_dir: str):
   """A TFDS builder for `name`, prepared from manual_dir when one is given."""
   import tensorflow_datasets as tfds
   builder = tfds.builder(name, data_dir=data_dir)
   if manual_dir and name == 'mnist':
     _check_manual_files(manual_dir, MNIST_FILES, name)
+  if not manual_dir and not builder.is_prepared():
+    # TFDS would retry each file for minutes before failing; a closed network shows in
+    # seconds.
+    offline = unreachable_hosts(builder.url_infos or {})
+    if offline:
+      raise DataError(f'{name}: not in the TFDS cache ({builder.data_dir}) and '
+                      f'{", ".join(offline)} cannot be reached to download it. '
+                      + _offline_help(name))
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
   try:
     builder.download_and_prepare(download_config=download_config)
   except Exception as e:  # TFDS raises many types offline; one message for all
     raise DataError(
         f'{name}: TFDS could not download or prepare the data ({type(e).__name__}: '
-        f'{str(e).splitlines()[0] if str(e) else ""}). Offline, put '
-        f'{", ".join(MNIST_FILES) if name == "mnist" else CIFAR10_JPEG_TARBALL} in a '
-        f'folder and set L2LDA_MANUAL_DIR (or --config.data.manual_dir) to it.') from e
+        f'{str(e).splitlines()[0] if str(e) else ""}). ' + _offline_help(name)) from e
   return builder
 
 

@@ -107,3 +107,36 @@ def test_cifar10_jpeg_tarball_goes_through_tfds_image_folder(tmp_path):
   assert len(dataset.train) == 8 and len(dataset.validation) == 4 and len(dataset.test) == 4
   assert dataset.train.images.shape[1:] == (32, 32, 3)
   assert set(dataset.test.labels) == {0, 1}
+
+
+def test_unreachable_hosts_tells_a_listening_port_from_a_closed_one():
+  import socket
+  server = socket.socket()
+  server.bind(('127.0.0.1', 0))
+  server.listen(1)
+  open_port = server.getsockname()[1]
+  closed = socket.socket()
+  closed.bind(('127.0.0.1', 0))
+  closed_port = closed.getsockname()[1]  # bound, not listening: connections are refused
+  try:
+    assert data_lib.unreachable_hosts([f'http://127.0.0.1:{open_port}/a.gz']) == []
+    assert data_lib.unreachable_hosts([f'http://127.0.0.1:{closed_port}/a.gz'],
+                                      timeout=1.0) == ['127.0.0.1']
+  finally:
+    server.close()
+    closed.close()
+
+
+def test_offline_without_a_cache_fails_at_once_with_the_way_out(tiny_mnist_config, tmp_path,
+                                                                monkeypatch):
+  tiny_mnist_config.data.manual_dir = ''
+  tiny_mnist_config.data.tfds_data_dir = str(tmp_path / 'empty_cache')
+  seen = []
+  monkeypatch.setattr(data_lib, 'unreachable_hosts',
+                      lambda urls, **_: seen.extend(urls) or ['download.invalid'])
+  with pytest.raises(data_lib.DataError) as error:
+    data_lib.load_dataset(tiny_mnist_config.data)
+  message = str(error.value)
+  assert 'download.invalid cannot be reached' in message and 'L2LDA_MANUAL_DIR' in message
+  assert '\n' not in message
+  assert any(url.endswith('train-images-idx3-ubyte.gz') for url in seen)  # TFDS's own URLs
