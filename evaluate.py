@@ -44,6 +44,8 @@ flags.DEFINE_string('figures_dir', '', 'Write Figure 2 (per-step attack loss) an
 flags.DEFINE_integer('figure_examples', 500, 'Test examples the figures use.')
 flags.DEFINE_string('output', '', 'JSON report path (default: WORKDIR/evaluation.json).')
 flags.DEFINE_boolean('progress', True, 'Show a progress bar per attack.')
+flags.DEFINE_boolean('verbose', False, 'Also print the libraries\' INFO lines (TFDS, orbax, '
+                     'JAX, TensorFlow).')
 flags.DEFINE_string('save_adversarial', '', 'Write autoattack\'s adversarial examples to this '
                     '.npz (x_adv, labels, clean_correct, broken_at), updated after each stage.')
 flags.DEFINE_boolean('resume', True, 'If --output holds an interrupted report of the same '
@@ -72,6 +74,8 @@ def read_previous_report(output: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from l2lda_jax import console
+  console.quiet_libraries(FLAGS.verbose)
   from l2lda_jax import host_memory
   host_memory.keep_freed_memory()  # before JAX or TensorFlow start threads
   from l2lda_jax import robustness

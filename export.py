@@ -15,22 +15,18 @@ flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoint
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
                   'best: best on validation, else the latest; latest: the latest.')
 flags.DEFINE_string('output', None, 'Output .safetensors file (default WORKDIR/model.safetensors).')
+flags.DEFINE_boolean('verbose', False, 'Also print INFO lines, the libraries\' included.')
 flags.mark_flags_as_required(['workdir'])
-
-
-class _QuietOrbax:
-  """Drops orbax's restore chatter (it warns about the template-free restore it does)."""
-
-  def filter(self, record):
-    return record.levelno >= 40 or 'orbax' not in record.pathname
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # One result line, not pages of INFO: the export is a short, one-shot command.
-  logging.set_verbosity(logging.WARNING)
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  from l2lda_jax import console
+  console.quiet_libraries(FLAGS.verbose)
+  if not FLAGS.verbose:
+    logging.set_verbosity(logging.WARNING)
   from l2lda_jax import export
   output = FLAGS.output or os.path.join(FLAGS.workdir, 'model.safetensors')
   try:

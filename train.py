@@ -6,27 +6,23 @@ e.g. --config.method=pgd --config.train.steps=2000.
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/mnist.py', 'Training config file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+flags.DEFINE_boolean('verbose', False, 'Also print the libraries\' INFO lines (TFDS, orbax, '
+                     'JAX, TensorFlow).')
 flags.mark_flags_as_required(['workdir'])
-
-
-class _QuietLibraries:
-  """Drops orbax's per-save INFO chatter so the progress lines stay readable."""
-
-  def filter(self, record):
-    return record.levelno >= 30 or 'orbax' not in record.pathname
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from l2lda_jax import console
+  console.quiet_libraries(FLAGS.verbose)
   from l2lda_jax import host_memory
   host_memory.keep_freed_memory()  # before JAX or TensorFlow start threads
   from l2lda_jax import train

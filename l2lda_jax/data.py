@@ -106,13 +106,21 @@ def unreachable_hosts(urls, timeout: float = NETWORK_TIMEOUT_S) -> list[str]:
   return unreachable
 
 
+def _will_download(builder) -> bool:
+  """Whether download_and_prepare will fetch files: an unprepared builder and TFDS's own
+  method (tfds.testing.mock_data swaps in one that reads nothing)."""
+  method = type(builder).download_and_prepare
+  return (not builder.is_prepared()
+          and getattr(method, '__module__', '').startswith('tensorflow_datasets.core'))
+
+
 def _prepared_builder(name: str, data_dir: str | None, manual_dir: str):
   """A TFDS builder for `name`, prepared from manual_dir when one is given."""
   import tensorflow_datasets as tfds
   builder = tfds.builder(name, data_dir=data_dir)
   if manual_dir and name == 'mnist':
     _check_manual_files(manual_dir, MNIST_FILES, name)
-  if not manual_dir and not builder.is_prepared():
+  if not manual_dir and _will_download(builder):
     # TFDS would retry each file for minutes before failing; a closed network shows in
     # seconds.
     offline = unreachable_hosts(builder.url_infos or {})
@@ -144,6 +152,18 @@ def _cifar10_jpeg_builder(manual_dir: str, data_dir: str | None):
       tar.extractall(cache, filter='data')
     open(done_marker, 'w').close()
   return tfds.ImageFolder(root)
+
+
+def describe_source(data_config, dataset: 'Dataset') -> str:
+  """Where the data came from, and the split sizes: one line for the start of a run."""
+  cache = data_config.tfds_data_dir or os.path.expanduser('~/tensorflow_datasets')
+  source = f'TFDS {dataset.name} in {cache}'
+  if data_config.manual_dir:
+    source += f' (prepared from {data_config.manual_dir})'
+  if dataset.lossy:
+    source += ' [LOSSY JPEG copy]'
+  return (f'{source}: {len(dataset.train)} train, {len(dataset.validation)} validation, '
+          f'{len(dataset.test)} test images')
 
 
 def load_dataset(data_config) -> Dataset:

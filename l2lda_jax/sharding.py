@@ -14,6 +14,14 @@ def make_data_mesh(devices=None) -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
+def describe_devices() -> str:
+  """'1 x cpu (TFRT_CPU_0)' or '8 x gpu (NVIDIA H100 80GB HBM3), 2 processes'."""
+  devices = jax.devices()
+  kinds = sorted({d.device_kind for d in devices} - {devices[0].platform})
+  text = f'{len(devices)} x {devices[0].platform}' + (f' ({", ".join(kinds)})' if kinds else '')
+  return text + (f', {jax.process_count()} processes' if jax.process_count() > 1 else '')
+
+
 def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 

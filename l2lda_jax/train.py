@@ -297,6 +297,20 @@ def _fetch_and_check(pending: list, last_good_step: int | None, workdir: str) ->
 
 
 # ----------------------------------------------------------------------------- the run
+def run_summary(config, workdir: str) -> str:
+  """'l2lda, lenet5, eps 0.3: 18000 steps (2000 clean) of batch 50, lr 0.05 -> WORKDIR'."""
+  train_cfg = config.train
+  text = (f'{config.method}, {config.model}, eps {config.eps:g}: {train_cfg.steps} steps '
+          f'({train_cfg.clean_warmup_steps} clean) of batch {train_cfg.batch_size}, lr '
+          f'{train_cfg.learning_rate:g}')
+  if config.method == 'l2lda':
+    g = config.generator
+    text += (f'; generator width {g.width}, T = {g.steps} of {g.step_size:g}, lambda '
+             f'{g.diversity_weight:g}, lr {g.learning_rate:g}'
+             + (', random start' if g.get('random_start', False) else ''))
+  return f'{text} -> {os.path.abspath(workdir)}'
+
+
 def resolve_run_length(config):
   """config with config.l2lda_run's non-zero fields copied into config.train for l2lda / l2l.
 
@@ -330,6 +344,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   validate_config(config)
   dataset = data_lib.load_dataset(config.data)  # before the workdir: a data error leaves none
   os.makedirs(workdir, exist_ok=True)
+  logging.info('run: %s', run_summary(config, workdir))
+  logging.info('data: %s', data_lib.describe_source(config.data, dataset))
+  logging.info('devices: %s', sharding.describe_devices())
   if dataset.lossy:
     logging.warning(data_lib.LOSSY_NOTE)
   mesh = sharding.make_data_mesh()

@@ -201,3 +201,33 @@ def test_config_json_paths_are_absolute_so_the_workdir_moves_with_its_user(monke
   assert portable.init_from == os.path.normpath(str(tmp_path / '../runs/pretrained'))
   assert portable.data.tfds_data_dir == ''  # empty means "TFDS's default", not "here"
   assert config.data.manual_dir == 'data/mnist'  # the run's own config is not changed
+
+
+def test_start_up_prints_only_the_run_the_data_and_the_devices(tmp_path):
+  """train.py's output before the first progress line: our three lines, no library INFO
+  (TFDS, orbax, JAX backends, TensorFlow's oneDNN notice); --verbose brings them back."""
+  def start_up_lines(*flags):
+    script = ('import sys; sys.argv = sys.argv[1:]\n'
+              'import tensorflow_datasets as tfds\n'
+              'from absl import app; import train\n'
+              'with tfds.testing.mock_data(num_examples=96):\n'
+              '  app.run(train.main)')
+    result = subprocess.run(
+        [sys.executable, '-c', script, 'train.py', '--config=configs/mnist.py:smoke',
+         '--config.method=plain', '--config.train.steps=5', '--config.log_every_steps=5',
+         '--config.eval.every_steps=5', '--config.checkpoint.every_steps=5',
+         '--config.eval.num_examples=16', '--config.test.num_examples=32',
+         '--config.data.validation_size=16', f'--workdir={tmp_path / str(len(flags))}',
+         *flags],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={k: v for k, v in os.environ.items() if not k.startswith('TF_')})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    first_step = next(i for i, line in enumerate(lines) if '] step 5/5' in line)
+    return lines[:first_step]
+
+  quiet = start_up_lines()
+  assert [line.split('] ', 1)[1].split(':')[0] for line in quiet] == ['run', 'data', 'devices']
+  verbose = start_up_lines('--verbose')
+  assert len(verbose) > len(quiet)
+  assert any('dataset' in line.lower() and 'train.py' not in line for line in verbose)

@@ -1,0 +1,52 @@
+"""What the command-line tools print: our own lines, and no library chatter unless asked.
+
+TensorFlow (only used to read TFDS files), TFDS, orbax and JAX log INFO lines at start-up
+and on every checkpoint (backends that are not there, oneDNN, dataset folders, save
+timings). `quiet_libraries` drops INFO from any code outside this project and silences
+TensorFlow's C++ INFO/WARNING output; other libraries' warnings still show (orbax's and
+TFDS's only when they are errors).
+`--verbose` on train.py / evaluate.py / export.py keeps everything.
+"""
+
+import os
+
+from absl import logging
+
+# Paths whose INFO lines are ours: the package and the three entry points.
+_OWN_CODE = (os.sep + 'l2lda_jax' + os.sep,)
+_OWN_SCRIPTS = ('train.py', 'evaluate.py', 'export.py')
+
+
+def is_own_code(pathname: str) -> bool:
+  return (any(part in pathname for part in _OWN_CODE)
+          or os.path.basename(pathname) in _OWN_SCRIPTS and 'site-packages' not in pathname)
+
+
+# Libraries whose warnings are about their own internals, not the run: orbax warns on every
+# template-free restore (how we restore); TFDS on cache folders it is about to fill and on
+# its own deprecated fields.
+_ERRORS_ONLY = ('orbax', 'tensorflow_datasets')
+
+
+class LibraryInfoFilter:
+  """An absl handler filter: everything from this project's code; from other code warnings
+  and errors, and from the libraries in _ERRORS_ONLY errors only."""
+
+  def filter(self, record) -> bool:
+    if is_own_code(record.pathname):
+      return True
+    if any(name in record.pathname for name in _ERRORS_ONLY):
+      return record.levelno >= logging.converter.STANDARD_ERROR
+    return record.levelno >= logging.converter.STANDARD_WARNING
+
+
+def quiet_libraries(verbose: bool) -> None:
+  """Call at the top of main(), before TensorFlow or TFDS are imported."""
+  if verbose:
+    return
+  # TensorFlow's C++ logs: errors only. Its oneDNN notice (and the absl pre-init warning
+  # printed with it) ignores that level, so oneDNN is turned off: TensorFlow only reads
+  # TFDS records here, no numerics of ours run through it.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  logging.get_absl_handler().addFilter(LibraryInfoFilter())
