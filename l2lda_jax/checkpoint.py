@@ -151,10 +151,12 @@ class Checkpoints:
   def save(self, step: int, state) -> None:
     self.latest.save(step, args=ocp.args.StandardSave(state))
 
-  def save_if_best(self, step: int, state, metrics: dict) -> None:
-    """Offers the state to the best-on-validation slot; orbax keeps the higher metric."""
+  def save_if_best(self, step: int, state, metrics: dict) -> bool:
+    """Offers the state to the best-on-validation slot; orbax keeps the higher metric.
+    Returns whether this step is now the best."""
     self.best.save(step, args=ocp.args.StandardSave(state),
                    metrics={BEST_METRIC: float(metrics[BEST_METRIC])})
+    return self.best.best_step() == step
 
   # --------------------------------------------------------------------------- candidates
   def _best_order(self) -> list[tuple[str, int]]:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 from absl import logging
 
 from l2lda_jax import attacks
@@ -262,23 +263,46 @@ def validation_line(scalars: dict, pgd_steps: int) -> str:
 
 # ----------------------------------------------------------------------------- logging
 class Progress:
-  """Steps/s over the latest logging interval, and the ETA at that rate.
+  """Steps/s and ETA, measured since the current phase began (clean warm-up, then attack
+  steps), not since the run began or over the last interval only.
 
-  The latest interval, not the whole run: warm-up steps are far cheaper than
-  adversarial ones, and compilation would distort an average from the start.
+  A warm-up step is far cheaper than an attack step, so a rate carried across the change
+  says nothing; and the first interval of a phase includes compiling its step, so the
+  phase's clock starts at its first logged step. Until then, and for the phases after the
+  current one, the ETA is unknown ('?').
   """
 
-  def __init__(self, first_step: int, total_steps: int):
-    self.total = total_steps
+  def __init__(self, first_step: int, total_steps: int, warmup_steps: int):
+    self.total, self.warmup = total_steps, warmup_steps
     self.last_step, self.last_time = first_step, time.time()
+    self.phase_start = None  # (step, time) of the current phase's first logged step
+
+  def phase(self, step: int) -> str:
+    return 'warm-up' if step <= self.warmup else 'attack'
 
   def line(self, step: int) -> str:
     now = time.time()
-    rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    interval_rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    if self.phase(step) != self.phase(self.last_step) or self.phase_start is None:
+      self.phase_start = (step, now)  # a new phase: its clock starts here
+      rate = interval_rate
+      eta = None
+    else:
+      start_step, start_time = self.phase_start
+      rate = (step - start_step) / max(now - start_time, 1e-9)
+      phase_end = self.warmup if self.phase(step) == 'warm-up' else self.total
+      eta = (phase_end - step) / rate if rate > 0 else None
     self.last_step, self.last_time = step, now
-    eta = (self.total - step) / rate if rate > 0 else float('inf')
-    eta_text = time.strftime('%H:%M:%S', time.gmtime(eta)) if math.isfinite(eta) else '?'
-    return f'step {step}/{self.total} | {rate:.2f} steps/s | ETA {eta_text}'
+    text = f'step {step}/{self.total} | {rate:.2f} steps/s'
+    if self.phase(step) == 'warm-up' and self.warmup < self.total:
+      return text + f' | warm-up ETA {_clock(eta)}, then attack steps (not yet timed)'
+    return text + f' | ETA {_clock(eta)}'
+
+
+def _clock(seconds) -> str:
+  if seconds is None or not math.isfinite(seconds):
+    return '?'
+  return time.strftime('%H:%M:%S', time.gmtime(seconds))
 
 
 def _fetch_and_check(pending: list, last_good_step: int | None, workdir: str) -> dict:
@@ -376,7 +400,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer = summaries.summary_writer(workdir, enabled=jax.process_index() == 0)
   train_cfg = config.train
   first_step = int(state.step)
-  progress = Progress(first_step, train_cfg.steps)
+  progress = Progress(first_step, train_cfg.steps,
+                      train_cfg.clean_warmup_steps if adv_step is not None else train_cfg.steps)
+  bar = tqdm.tqdm(total=train_cfg.steps, initial=first_step, unit='step', dynamic_ncols=True,
+                  disable=None)  # None: a bar on a terminal only, never in a log file
   pending, last_good = [], resumed_from
   warned_dead_z = False
   lossy_tag = '[LOSSY JPEG data] ' if dataset.lossy else ''
@@ -401,6 +428,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if config.method in GENERATOR_METHODS:
         scalars['generator_learning_rate'] = float(config.generator.learning_rate)
       writer.write_scalars(done, scalars)
+      bar.update(done - bar.n)
       logging.info('%s%s | %s', lossy_tag, progress.line(done),
                    ' '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
       if scalars.get('z_live_units') == 0 and not warned_dead_z:
@@ -411,10 +439,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
       writer.write_scalars(done, val_scalars)
       logging.info('%svalidation at step %d: %s', lossy_tag, done,
                    validation_line(val_scalars, config.eval.pgd_steps))
-      checkpoints.save_if_best(done, state, val_scalars)
+      if checkpoints.save_if_best(done, state, val_scalars):
+        logging.info('saved the best on validation so far: %s/best/%d', workdir, done)
     if save_now:
+      save_start = time.time()
       checkpoints.save(done, state)
+      logging.info('saved checkpoint %s/checkpoints/%d (%.1f s)', workdir, done,
+                   time.time() - save_start)
       last_good = done
+  bar.close()
   writer.flush()
   train_seconds = time.time() - start_time
 

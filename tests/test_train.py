@@ -82,6 +82,8 @@ def test_every_method_trains_checkpoints_and_reports(method, tiny_mnist_config, 
   with open(tmp_path / 'results.json') as f:
     assert json.load(f)['last']['step'] == 6
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+  for step in (3, 6):  # every save is one line in the log
+    assert caplog.text.count(f'saved checkpoint {tmp_path}/checkpoints/{step} (') == 1
   assert glob.glob(str(tmp_path / 'events.out.tfevents.*'))
   model = train.create_classifier(config.model)
   init = train.init_train_state(model, train.make_optimizer(config.train), (28, 28, 1),
@@ -231,3 +233,22 @@ def test_start_up_prints_only_the_run_the_data_and_the_devices(tmp_path):
   verbose = start_up_lines('--verbose')
   assert len(verbose) > len(quiet)
   assert any('dataset' in line.lower() and 'train.py' not in line for line in verbose)
+
+
+def test_progress_eta_is_measured_since_the_phase_began(monkeypatch):
+  """100 warm-up steps at 100/s, then attack steps at 2/s after a 30 s compile: the ETA
+  of each phase comes from that phase's own rate, never from the other's."""
+  clock = [0.0]
+  monkeypatch.setattr(train.time, 'time', lambda: clock[0])
+  progress = train.Progress(first_step=0, total_steps=1100, warmup_steps=100)
+  clock[0] = 0.5
+  assert 'warm-up ETA ?' in progress.line(50)  # the phase's first line: compile inside
+  clock[0] = 0.75
+  line = progress.line(75)
+  assert '100.00 steps/s' in line and 'warm-up ETA 00:00:00' in line
+  assert 'attack steps (not yet timed)' in line
+  clock[0] = 31.0  # step 100 -> 110 includes the attack step's compilation
+  assert progress.line(110).endswith('| ETA ?')
+  clock[0] = 76.0  # 90 attack steps in 45 s
+  line = progress.line(200)
+  assert '2.00 steps/s' in line and line.endswith('ETA 00:07:30')  # 900 steps left at 2/s
