@@ -78,3 +78,21 @@ def learnable_mnist_mock(num_examples: int = 256):
     return dataset.batch(batch_size) if batch_size else dataset
 
   return tfds.testing.mock_data(as_dataset_fn=as_dataset)
+
+
+def pytest_terminal_summary(terminalreporter):
+  """Say which tests were skipped and why, even under -q: without the test-only packages
+  the export and torchattacks-agreement tests skip, and a bare count would hide that."""
+  skipped = terminalreporter.stats.get('skipped', [])
+  if not skipped:
+    return
+  reasons = {}
+  for report in skipped:
+    reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reasons.setdefault(reason.removeprefix('Skipped: '), []).append(report.nodeid)
+  terminalreporter.write_line(f'{len(skipped)} test(s) skipped:', yellow=True)
+  for reason, ids in sorted(reasons.items()):
+    terminalreporter.write_line(f'  {len(ids)} x {reason}', yellow=True)
+  if any('torch' in reason for reason in reasons):
+    terminalreporter.write_line('  the test-only packages: pip install torch==2.13.0 && '
+                                'pip install --no-deps torchattacks==3.5.1', yellow=True)
