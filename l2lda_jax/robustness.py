@@ -29,7 +29,7 @@ from l2lda_jax import sanity
 from l2lda_jax import sharding
 from l2lda_jax.attack_specs import (AUTOATTACK_KINDS, GRADIENT_KINDS, SCORE_KINDS, AttackSpec,
                                     parse_attack, pgd_step_size)
-from l2lda_jax.attacks import apgd, autoattack, fab, l2lda_attack
+from l2lda_jax.attacks import autoattack, l2lda_attack
 from l2lda_jax.config_validation import reaches
 from l2lda_jax.models import create_classifier
 
@@ -167,11 +167,6 @@ def _num_classes(config) -> int:
 
 
 # ----------------------------------------------------------------------------- attacks
-# AutoAttack's gradient stages with its standard settings (100 iterations, 1 restart, Linf).
-AUTOATTACK_ATTACKS = {'apgd-ce': functools.partial(apgd.apgd, loss='ce'),
-                      'apgd-t': apgd.apgd_targeted, 'fab-t': fab.fab_targeted}
-
-
 def gradient_attack(spec: AttackSpec, eps: float, step_size: Optional[float] = None):
   """(logits_fn, x, y, key) -> x_adv for fgsm / pgd<k>[x<r>] / cw<k> / mifgsm<k>.
 
@@ -387,8 +382,8 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
   if spec.kind in ('fgsm', 'pgd', 'cw', 'mifgsm'):
     attack = gradient_attack(spec, eps, options.pgd_step_size)
     return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
-  if spec.kind in AUTOATTACK_ATTACKS:
-    attack = functools.partial(AUTOATTACK_ATTACKS[spec.kind], eps=eps)
+  if spec.kind in AUTOATTACK_KINDS:  # a stage of AutoAttack alone, its standard settings
+    attack = autoattack.stage_attacks(eps)[spec.kind]
     return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
   if spec.kind == 'square':  # score-based: catches gradient masking (spec.steps = queries)
     attack = functools.partial(attacks.square_linf, eps=eps, n_queries=spec.steps)
