@@ -24,7 +24,6 @@ from l2lda_jax import checkpoint as checkpoint_lib
 from l2lda_jax import data as data_lib
 from l2lda_jax import evaluation
 from l2lda_jax import figures
-from l2lda_jax import l2lda
 from l2lda_jax import sanity
 from l2lda_jax import sharding
 from l2lda_jax.attack_specs import (AUTOATTACK_KINDS, GRADIENT_KINDS, SCORE_KINDS, AttackSpec,
@@ -32,10 +31,6 @@ from l2lda_jax.attack_specs import (AUTOATTACK_KINDS, GRADIENT_KINDS, SCORE_KIND
 from l2lda_jax.attacks import autoattack, l2lda_attack
 from l2lda_jax.config_validation import reaches
 from l2lda_jax.models import create_classifier
-
-
-# The l2lda attack's generator step, as a fraction of eps (SPEC section 6: T = 10 of eps/4).
-L2LDA_ATTACK_STEP = 0.25
 
 
 class EvaluationError(RuntimeError):
@@ -93,7 +88,7 @@ def validate_options(options: EvalOptions) -> None:
       raise EvaluationError(f'--{name}: must be at least 0, got {value}')
   if options.split not in ('test', 'validation'):
     raise EvaluationError(f'--split: {options.split!r} is not test or validation')
-  if not reaches(options.generator_unroll_steps, L2LDA_ATTACK_STEP, 1.0):
+  if not reaches(options.generator_unroll_steps, l2lda_attack.L2LDA_ATTACK_STEP, 1.0):
     raise EvaluationError(
         f'--generator_unroll_steps: {options.generator_unroll_steps} steps of eps/4 reach '
         f'{options.generator_unroll_steps / 4:g} eps, short of the eps-ball boundary; use at '
@@ -233,94 +228,18 @@ def _violations(x, x_adv):
 
 
 # ----------------------------------------------------------------------------- generator attacks
-def generator_config(classifier: Classifier, kind: str, unroll_steps: int):
-  """The run's generator config for an l2lda / l2l attack, with T for the evaluation."""
-  config = classifier.config.copy_and_resolve_references()
-  config.method = kind
-  if kind == 'l2lda':
-    config.generator.steps = unroll_steps
-  return config
-
-
-def _load_generator_weights(gen: l2lda.GeneratorState, raw: Optional[dict]):
-  """The trained generator's params and BN statistics when they fit, else `gen` unchanged."""
-  if not raw:
-    return gen, False
-  shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
-  try:
-    same = (shapes(raw['params']) == shapes(gen.params)
-            and shapes(raw['batch_stats']) == shapes(gen.batch_stats))
-  except (KeyError, TypeError):
-    same = False
-  if not same:
-    return gen, False
-  cast = lambda new, old: jnp.asarray(new, old.dtype)
-  return gen.replace(params=jax.tree_util.tree_map(cast, raw['params'], gen.params),
-                     batch_stats=jax.tree_util.tree_map(cast, raw['batch_stats'],
-                                                        gen.batch_stats)), True
-
-
-@dataclasses.dataclass
-class LearnedAttack:
-  """A generator trained against a frozen classifier, with what it needs to attack."""
-  gen: l2lda.GeneratorState
-  generator: object  # the Flax module
-  settings: l2lda.GameSettings
-
-
 def train_learned_attack(kind: str, classifier: Classifier, train: data_lib.Split,
-                         options: EvalOptions, eps: float, key, log=print) -> LearnedAttack:
-  """The L2L-DA (or L2L*) white-box attack of Table 2: fine-tune against the frozen model.
-
-  Starts from the run's own generator when it was trained with the same method and
-  shapes, else from a fresh one; trains on the training split, never the test set.
-  """
-  config = generator_config(classifier, kind, options.generator_unroll_steps)
-  config.eps = eps
-  if kind == 'l2lda':
-    config.generator.step_size = eps * L2LDA_ATTACK_STEP
-  settings = l2lda.game_settings(config, _num_classes(config))
-  channels = train.images.shape[-1]
-  generator = l2lda.make_generator(settings, channels)
-  gen_tx = l2lda.make_generator_optimizer(config)
-  gen = l2lda.init_generator_state(generator, gen_tx, settings, train.images.shape[1:],
-                                   options.seed)
+                         options: EvalOptions, eps: float, key,
+                         log=print) -> l2lda_attack.LearnedAttack:
+  """The L2L-DA (or L2L*) white-box attack of Table 2, fine-tuned against the frozen model
+  on the training split (l2lda_attack.train_learned_attack)."""
   own = classifier.generator if classifier.config.method == kind else None
-  gen, loaded = _load_generator_weights(gen, own)
-  origin = "fine-tuning the run's generator" if loaded else 'training a fresh generator'
-  log(f'{kind}: {origin} for {options.generator_steps} steps against the frozen classifier')
-  logits_fn = functools.partial(classifier.apply_fn, classifier.variables)
-  start = time.time()
-
-  def log_progress(step, objective):  # ten lines per run: this part can take an hour on a CPU
-    log(f'{kind}: step {step}/{options.generator_steps}, objective {objective:.4f}, '
-        f'{time.time() - start:.0f} s')
-
-  gen, objective = l2lda_attack.finetune_generator(
-      gen, generator=generator, gen_tx=gen_tx, settings=settings, logits_fn=logits_fn,
-      images=data_lib.to_float(jnp.asarray(train.images)), labels=jnp.asarray(train.labels),
-      steps=options.generator_steps, batch_size=options.generator_batch_size, key=key,
-      log=log_progress, log_every=max(1, options.generator_steps // 10))
-  log(f'{kind}: generator objective {float(objective):.4f} after '
-      f'{time.time() - start:.0f} s')
-  return LearnedAttack(gen, generator, settings)
-
-
-def learned_batch_eval(learned: LearnedAttack, classifier: Classifier, options: EvalOptions):
-  """A jitted batch eval of the trained generator over K z draws (an image counts as
-  broken if any draw breaks it)."""
-
-  def run(variables, images, y, draw_key):
-    x = data_lib.to_float(images)
-    target_logits = functools.partial(classifier.apply_fn, variables)
-    x_advs = l2lda_attack.generator_attack_examples(
-        learned.gen, generator=learned.generator, settings=learned.settings,
-        logits_fn=target_logits, x=x, labels=y, key=draw_key, draws=options.generator_draws)
-    correct = jax.lax.map(lambda x_adv: jnp.argmax(target_logits(x_adv), -1) == y, x_advs)
-    linf, box = jax.vmap(lambda x_adv: _violations(x, x_adv))(x_advs)
-    return jnp.all(correct, axis=0), jnp.max(linf, axis=0), jnp.max(box, axis=0)
-
-  return jax.jit(run)
+  return l2lda_attack.train_learned_attack(
+      kind, classifier.config, functools.partial(classifier.apply_fn, classifier.variables),
+      train.images, train.labels, own_generator=own, num_classes=_num_classes(classifier.config),
+      eps=eps, unroll_steps=options.generator_unroll_steps, steps=options.generator_steps,
+      batch_size=options.generator_batch_size, draws=options.generator_draws,
+      seed=options.seed, key=key, log=log)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -391,7 +310,7 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
   if spec.kind in ('l2lda', 'l2l'):
     learned[spec.kind] = train_learned_attack(spec.kind, classifier, dataset.train, options,
                                               eps, key, log)
-    return [(spec.name, learned_batch_eval(learned[spec.kind], classifier, options), key)]
+    return [(spec.name, make_batch_eval(classifier.apply_fn, learned[spec.kind]), key)]
   if spec.kind in ('advgan', 'gap'):
     return [(spec.name, fit_generative_attack(spec.kind, classifier, dataset.train, options,
                                               eps, key, log), key)]

@@ -133,3 +133,15 @@ def test_the_game_step_reports_live_z_units_of_the_updated_generator():
   assert int(metrics['z_live_units']) <= config.generator.z_dim
   # A fresh generator's z MLP is alive; the batch's 8 draws see most of the 4,096's units.
   assert 0 < int(metrics['z_live_units']) <= int(z_live_units(after.generator.params, z))
+
+
+def test_the_learned_attack_returns_the_first_draw_that_breaks_each_example():
+  from l2lda_jax.attacks.l2lda_attack import first_breaking_draw
+  x_advs = jnp.arange(3 * 4, dtype=jnp.float32).reshape(3, 4, 1, 1, 1)  # draw k, example n
+  correct = jnp.array([[True, False, True, True],
+                       [False, False, True, True],
+                       [True, True, False, True]])
+  chosen = first_breaking_draw(x_advs, correct)[:, 0, 0, 0]
+  # example 0: draw 1; example 1: draw 0; example 2: draw 2; example 3: none breaks it -> 0
+  np.testing.assert_array_equal(chosen, [x_advs[1, 0, 0, 0, 0], x_advs[0, 1, 0, 0, 0],
+                                         x_advs[2, 2, 0, 0, 0], x_advs[0, 3, 0, 0, 0]])

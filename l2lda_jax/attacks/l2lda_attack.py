@@ -1,20 +1,29 @@
 """The L2L-DA (or L2L*) generator as an evaluation attack (SPEC section 6, paper Table 2).
 
-The game's generator, fine-tuned against a frozen classifier (`finetune_generator`), then
-run with K z draws per image (`generator_attack_examples`): an image is broken if any draw
-breaks it. The game itself (training both networks) stays in l2lda_jax.l2lda; this module
-only reuses its generator objective.
+The game's generator, fine-tuned against a frozen classifier (`train_learned_attack`, built
+on `finetune_generator`), then run with K z draws per image: an image is broken if any draw
+breaks it. The trained `LearnedAttack` is called like every other attack,
+`attack(logits_fn, x, y, key) -> x_adv`. The game itself (training both networks) stays in
+l2lda_jax.l2lda; this module only reuses its generator and objective.
 """
 
+import dataclasses
 import functools
+import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from l2lda_jax import l2lda
 from l2lda_jax.attacks import learned
 from l2lda_jax.l2lda import (GameSettings, GeneratorState, draw_latents, generator_fn_for,
                              generator_objective)
+
+# The attack's generator step, as a fraction of eps (SPEC section 6: T = 10 of eps/4).
+L2LDA_ATTACK_STEP = 0.25
 
 def make_finetune_step(generator, gen_tx, settings: GameSettings, logits_fn):
   """A jitted step of generator-only training against a frozen classifier (Table 2 attack)."""
@@ -85,3 +94,89 @@ def generator_attack_correct(gen: GeneratorState, *, generator, settings: GameSe
                                      draws=draws)
   correct = jax.lax.map(lambda x_adv: jnp.argmax(logits_fn(x_adv), -1) == labels, x_advs)
   return jnp.all(correct, axis=0)
+
+
+def first_breaking_draw(x_advs: jax.Array, correct: jax.Array) -> jax.Array:
+  """x_advs [K, N, ...], correct [K, N] -> [N, ...]: per example the first draw that breaks
+  it, else draw 0. Correct under it exactly when correct under every draw."""
+  index = jnp.where(jnp.any(~correct, axis=0), jnp.argmax(~correct, axis=0), 0)
+  return jnp.take_along_axis(x_advs, index[None, :, None, None, None], axis=0)[0]
+
+
+@dataclasses.dataclass
+class LearnedAttack:
+  """A generator trained against a frozen classifier: `attack(logits_fn, x, y, key)` runs
+  `draws` z draws (with their random starts when the settings have one) and returns, per
+  example, the first one that breaks it."""
+  gen: GeneratorState
+  generator: object  # the Flax module
+  settings: GameSettings
+  draws: int = 10
+
+  def __call__(self, logits_fn, x, y, key) -> jax.Array:
+    x_advs = generator_attack_examples(self.gen, generator=self.generator,
+                                       settings=self.settings, logits_fn=logits_fn, x=x,
+                                       labels=y, key=key, draws=self.draws)
+    correct = jax.lax.map(lambda x_adv: jnp.argmax(logits_fn(x_adv), -1) == y, x_advs)
+    return jax.lax.stop_gradient(first_breaking_draw(x_advs, correct))
+
+
+def attack_config(run_config, kind: str, eps: float, unroll_steps: int):
+  """The run's config for an l2lda / l2l attack at `eps`, with the attack's own T steps of
+  eps/4 (SPEC section 6) for l2lda."""
+  config = run_config.copy_and_resolve_references()
+  config.method = kind
+  config.eps = eps
+  if kind == 'l2lda':
+    config.generator.steps = unroll_steps
+    config.generator.step_size = eps * L2LDA_ATTACK_STEP
+  return config
+
+
+def load_generator_weights(gen: GeneratorState, raw: Optional[dict]):
+  """(gen with the trained generator's params and BN statistics when they fit, loaded?)."""
+  if not raw:
+    return gen, False
+  shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
+  try:
+    same = (shapes(raw['params']) == shapes(gen.params)
+            and shapes(raw['batch_stats']) == shapes(gen.batch_stats))
+  except (KeyError, TypeError):
+    same = False
+  if not same:
+    return gen, False
+  cast = lambda new, old: jnp.asarray(new, old.dtype)
+  return gen.replace(params=jax.tree_util.tree_map(cast, raw['params'], gen.params),
+                     batch_stats=jax.tree_util.tree_map(cast, raw['batch_stats'],
+                                                        gen.batch_stats)), True
+
+
+def train_learned_attack(kind: str, run_config, logits_fn, images: np.ndarray,
+                         labels: np.ndarray, *, own_generator: Optional[dict],
+                         num_classes: int, eps: float, unroll_steps: int, steps: int,
+                         batch_size: int, draws: int, seed: int, key,
+                         log=print) -> LearnedAttack:
+  """Fine-tunes the run's own generator (`own_generator`, when it has the same method and
+  shapes; else a fresh one) against the frozen `logits_fn` on uint8 training `images`,
+  never the test set."""
+  config = attack_config(run_config, kind, eps, unroll_steps)
+  settings = l2lda.game_settings(config, num_classes)
+  generator = l2lda.make_generator(settings, images.shape[-1])
+  gen_tx = l2lda.make_generator_optimizer(config)
+  gen = l2lda.init_generator_state(generator, gen_tx, settings, images.shape[1:], seed)
+  gen, loaded = load_generator_weights(gen, own_generator)
+  origin = "fine-tuning the run's generator" if loaded else 'training a fresh generator'
+  log(f'{kind}: {origin} for {steps} steps against the frozen classifier')
+  start = time.time()
+
+  def log_progress(step, objective):  # ten lines per run: this part can take an hour on a CPU
+    log(f'{kind}: step {step}/{steps}, objective {objective:.4f}, '
+        f'{time.time() - start:.0f} s')
+
+  gen, objective = finetune_generator(
+      gen, generator=generator, gen_tx=gen_tx, settings=settings, logits_fn=logits_fn,
+      images=jnp.asarray(images, jnp.float32) / 255.0, labels=jnp.asarray(labels),
+      steps=steps, batch_size=batch_size, key=key, log=log_progress,
+      log_every=max(1, steps // 10))
+  log(f'{kind}: generator objective {float(objective):.4f} after {time.time() - start:.0f} s')
+  return LearnedAttack(gen, generator, settings, draws)
