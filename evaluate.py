@@ -21,7 +21,8 @@ flags.DEFINE_string('checkpoint_dir', '', 'One saved step directory, e.g. WORKDI
                     'overrides --checkpoint (the config still comes from --workdir).')
 flags.DEFINE_list('attacks', ['clean', 'fgsm', 'pgd100', 'cw1000'],
                   'Comma list: clean, fgsm, pgd<k>, pgd<k>x<r>, cw<k>, mifgsm<k>, l2lda, l2l, '
-                  'advgan, gap, apgd-ce, apgd-t, fab-t, square, square<q>, transfer.')
+                  'advgan, gap, apgd-ce, apgd-t, fab-t, square, square<q>, autoattack (the four '
+                  'in sequence, one row per stage), transfer.')
 flags.DEFINE_float('eps', None, 'Linf radius in [0, 1] (default: the run\'s config.eps).')
 flags.DEFINE_integer('num_examples', 0, 'Examples to use (0: the whole split).')
 flags.DEFINE_enum('split', 'test', ['test', 'validation'],

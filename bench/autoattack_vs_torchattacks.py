@@ -6,6 +6,8 @@ torchattacks' AutoAttack, stage by stage, on one trained run's weights and test 
 Both sides get the same weights (the run's best checkpoint, converted as export.py does)
 and the same first N test images. torchattacks' stages are run as its `AutoAttack` runs
 them (its `MultiAttack`: each attack only on the examples every earlier one left correct),
+with AutoAttack's 100 iterations for APGD, APGD-T and FAB (torchattacks' `AutoAttack` leaves
+them at its default of 10),
 one after another here so that the robust accuracy after each stage can be printed beside
 ours. Prints one line per stage (robust accuracy % of both, difference in pp, seconds of
 both) and a JSON line with everything, including the speed ratio of the whole sequence.
@@ -25,6 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 STAGES = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+STANDARD_ITERATIONS = 100  # APGD, APGD-T and FAB-T in AutoAttack's standard version
 
 
 def ours(workdir: str, num_examples: int, batch_size: int, seed: int) -> tuple[dict, dict]:
@@ -43,13 +46,14 @@ def ours(workdir: str, num_examples: int, batch_size: int, seed: int) -> tuple[d
 
 
 def torch_model(workdir: str):
-  import torch
+  """The run's best checkpoint as export.py writes it, loaded back as a PyTorch module."""
+  import tempfile
   from l2lda_jax import export, robustness
-  from l2lda_jax.torch_models import build_model
   classifier = robustness.restore_classifier(workdir, 'best')
-  model = build_model(classifier.config.model)
-  state = export.to_torch_state_dict(classifier.config.model, classifier.variables)
-  model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+  with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, 'model.safetensors')
+    export.export_workdir(workdir, path, 'best')
+    model = export.load_torch_model(path)
   return model.eval(), classifier
 
 
@@ -60,6 +64,8 @@ def theirs(model, x: np.ndarray, y: np.ndarray, eps: float, seed: int, batch_siz
   attack = torchattacks.AutoAttack(model, norm='Linf', eps=eps, version='standard',
                                    n_classes=10, seed=seed)
   components = attack._autoattack.attacks  # APGD-CE, APGD-T, FAB-T, Square, in order
+  for component in components[:3]:  # torchattacks leaves them at 10 iterations; AutoAttack: 100
+    component.steps = STANDARD_ITERATIONS
   x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
   y_t = torch.from_numpy(y.astype(np.int64))
 

@@ -73,14 +73,14 @@ def profile(workdir: str, num_examples: int, batch_size: int, seed: int) -> dict
 
   @jax.jit
   def batch_profile(x, y, key):
-    keys = jax.random.split(key, 3 + len(QUERY_BUDGETS))
+    keys = jax.random.split(key, 4 + len(QUERY_BUDGETS))  # noise 0-2, PGD 3, Square 4-
     rows = {'clean': jnp.argmax(logits_fn(x), -1) == y}
     for i, (name, perturb) in enumerate(families.items()):
       rows[name] = worst_of_draws(logits_fn, x, y, keys[i], perturb)
-    for budget, k in zip(QUERY_BUDGETS, keys[3:]):
+    for budget, k in zip(QUERY_BUDGETS, keys[4:]):
       result = square_linf_run(logits_fn, x, y, k, eps=eps, n_queries=budget)
       rows[f'square{budget}'] = rows['clean'] & (margin_loss(logits_fn(result.x_adv), y) > 0)
-    x_pgd = pgd(logits_fn, x, y, keys[2], eps=eps, steps=100, step_size=eps / 12)
+    x_pgd = pgd(logits_fn, x, y, keys[3], eps=eps, steps=100, step_size=eps / 12)
     rows['pgd100'] = jnp.argmax(logits_fn(x_pgd), -1) == y
     rows['worst'] = rows['pgd100'] & rows[f'square{QUERY_BUDGETS[-1]}']
     noisy = families['uniform'](keys[0], x)

@@ -12,14 +12,15 @@ import os
 
 from absl import logging
 
-# Paths whose INFO lines are ours: the package and the three entry points.
-_OWN_CODE = (os.sep + 'l2lda_jax' + os.sep,)
-_OWN_SCRIPTS = ('train.py', 'evaluate.py', 'export.py')
+# Paths whose INFO lines are ours: the package's folder and the three entry points beside it.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_OWN_SCRIPTS = tuple(os.path.join(os.path.dirname(_PACKAGE_DIR), name)
+                     for name in ('train.py', 'evaluate.py', 'export.py'))
 
 
 def is_own_code(pathname: str) -> bool:
-  return (any(part in pathname for part in _OWN_CODE)
-          or os.path.basename(pathname) in _OWN_SCRIPTS and 'site-packages' not in pathname)
+  path = os.path.abspath(pathname)
+  return path.startswith(_PACKAGE_DIR + os.sep) or path in _OWN_SCRIPTS
 
 
 # Libraries whose warnings are about their own internals, not the run: orbax warns on every

@@ -134,7 +134,16 @@ def export_metadata(model: str, params: Mapping, **extra) -> dict[str, str]:
 
 
 def current_umask() -> int:
-  mask = os.umask(0)
+  """The process umask, read without setting it (os.umask would, for a moment, for every
+  thread)."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('Umask:'):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  mask = os.umask(0o022)  # no /proc (macOS): read it by setting it, then restore it
   os.umask(mask)
   return mask
 

@@ -308,8 +308,9 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
     attack = functools.partial(attacks.square_linf, eps=eps, n_queries=spec.steps)
     return [(spec.name, make_batch_eval(classifier.apply_fn, attack), key)]
   if spec.kind in ('l2lda', 'l2l'):
+    # Its own key for training: the z draws of fine-tuning and of the attack stay apart.
     learned[spec.kind] = train_learned_attack(spec.kind, classifier, dataset.train, options,
-                                              eps, key, log)
+                                              eps, jax.random.fold_in(key, 1), log)
     return [(spec.name, make_batch_eval(classifier.apply_fn, learned[spec.kind]), key)]
   if spec.kind in ('advgan', 'gap'):
     return [(spec.name, fit_generative_attack(spec.kind, classifier, dataset.train, options,
@@ -393,11 +394,13 @@ def evaluate(options: EvalOptions, log=print, on_row=None) -> dict:
   split = dataset.test if options.split == 'test' else dataset.validation
   test = split.take(options.num_examples) if options.num_examples else split
   base_key = jax.random.PRNGKey(options.seed)
-  done = resumable_rows(options.previous_report, _identity(options, classifier, eps, test), log)
+  identity = evaluation_identity(options, classifier, eps, test)
+  done = resumable_rows(options.previous_report, identity, log)
   rows, correct_by_attack, learned, warnings = [], {}, {}, []
 
   def report_so_far(complete: bool) -> dict:
     report = _report(options, classifier, dataset, eps, test, rows, correct_by_attack, complete)
+    report['identity'] = identity
     if warnings:
       report['warnings'] = list(warnings)
     return report
@@ -413,7 +416,7 @@ def evaluate(options: EvalOptions, log=print, on_row=None) -> dict:
   for spec in options.attacks:
     if spec.kind == 'autoattack':
       warnings.extend(run_autoattack(classifier, test, options, eps, base_key, done, add_row,
-                                     log))
+                                     log, identity))
       continue
     needed_for_figures = options.figures_dir and spec.kind in ('l2lda', 'l2l')
     if spec.name in done and not needed_for_figures:
@@ -450,28 +453,46 @@ def evaluate(options: EvalOptions, log=print, on_row=None) -> dict:
 
 
 # ----------------------------------------------------------------------------- resume
-# A report is resumed only if it was made on the same examples, with the same eps and seed.
-RESUME_FIELDS = ('workdir', 'checkpoint_step', 'split', 'num_examples', 'eps', 'seed')
-
-
-def _identity(options: EvalOptions, classifier: Classifier, eps: float, test) -> dict:
+def evaluation_identity(options: EvalOptions, classifier: Classifier, eps: float, test) -> dict:
+  """What a row's result depends on besides its name: a report is resumed only when all of
+  it is the same (the examples, eps, seed, batch size (it sets each batch's key), and the
+  options that change what a named row runs)."""
   return {'workdir': os.path.abspath(options.workdir), 'checkpoint_step': classifier.step,
-          'split': options.split, 'num_examples': len(test), 'eps': eps, 'seed': options.seed}
+          'checkpoint_dir': os.path.abspath(options.checkpoint_dir) if options.checkpoint_dir
+          else '', 'split': options.split, 'num_examples': len(test), 'eps': eps,
+          'seed': options.seed, 'batch_size': options.batch_size,
+          'pgd_step_size': options.pgd_step_size,
+          'surrogates': [os.path.abspath(d) for d in options.surrogates],
+          'transfer_attack': options.transfer_attack,
+          'generator_steps': options.generator_steps,
+          'generator_batch_size': options.generator_batch_size,
+          'generator_draws': options.generator_draws,
+          'generator_unroll_steps': options.generator_unroll_steps,
+          'generative_config_variant': options.generative_config_variant}
 
 
 def resumable_rows(previous: Optional[dict], identity: dict, log=print) -> dict:
   """Row name -> (row, per-example correct) of an interrupted report of the same
-  evaluation; {} when there is none, it finished, or it evaluated something else."""
+  evaluation; {} when there is none, it finished, it evaluated something else, or it
+  cannot be read."""
   if not previous or previous.get('complete', True):
     return {}
-  differ = [k for k in RESUME_FIELDS if previous.get(k) != identity[k]]
+  earlier = previous.get('identity')
+  if not isinstance(earlier, dict):
+    log('not resuming the earlier report: it does not say what it evaluated')
+    return {}
+  differ = sorted(k for k in set(identity) | set(earlier) if earlier.get(k) != identity.get(k))
   if differ:
     log(f'not resuming the earlier report: its {", ".join(differ)} differ')
     return {}
-  bits = previous.get('per_example_correct', {})
-  n = identity['num_examples']
-  done = {row['attack']: (row, unpack_correct(bits[row['attack']], n))
-          for row in previous.get('rows', []) if row['attack'] in bits}
+  try:
+    bits = previous['per_example_correct']
+    n = identity['num_examples']
+    done = {row['attack']: (row, unpack_correct(bits[row['attack']], n))
+            for row in previous['rows'] if row['attack'] in bits}
+  except (KeyError, TypeError, ValueError) as e:
+    log(f'not resuming the earlier report: it cannot be read ({type(e).__name__}: {e})')
+    return {}
   if done:
     log(f'resuming an interrupted evaluation: {len(done)} row(s) already done')
   return done
@@ -480,17 +501,30 @@ def resumable_rows(previous: Optional[dict], identity: dict, log=print) -> dict:
 # ----------------------------------------------------------------------------- AutoAttack
 class AdversarialStore:
   """AutoAttack's adversarial examples in one .npz, rewritten whole after every stage:
-  x_adv (x itself where no stage succeeded), labels, clean_correct, and broken_at (the
-  index of the stage in STANDARD_STAGES that broke the example, -1 if none did)."""
+  x_adv (x itself where no stage succeeded), labels, clean_correct, broken_at (the index
+  of the stage in STANDARD_STAGES that broke the example, -1 if none did), and the
+  evaluation's identity as JSON."""
 
-  def __init__(self, path: str, x: np.ndarray, labels: np.ndarray, clean_correct: np.ndarray):
+  def __init__(self, path: str, x: np.ndarray, labels: np.ndarray, clean_correct: np.ndarray,
+               identity: dict):
     self.path = path
+    self.identity = json.dumps(identity, sort_keys=True)
     self.arrays = {'x_adv': x.copy(), 'labels': labels, 'clean_correct': clean_correct,
-                   'broken_at': np.full(len(labels), -1, np.int8)}
-    if os.path.isfile(path):  # a resumed run keeps what its finished stages found
-      with np.load(path) as saved:
-        if saved['x_adv'].shape == x.shape and np.array_equal(saved['labels'], labels):
-          self.arrays.update(x_adv=saved['x_adv'], broken_at=saved['broken_at'])
+                   'broken_at': np.full(len(labels), -1, np.int8),
+                   'identity': np.array(self.identity)}
+
+  def load_finished_stages(self) -> bool:
+    """Takes x_adv and broken_at from the file at `path` if an earlier run of this same
+    evaluation wrote it (for the stages a resumed run skips); returns whether it did."""
+    try:
+      with np.load(self.path) as saved:
+        if str(saved['identity']) != self.identity or saved['x_adv'].shape != self.arrays[
+            'x_adv'].shape:
+          return False
+        self.arrays.update(x_adv=saved['x_adv'], broken_at=saved['broken_at'])
+        return True
+    except (OSError, KeyError, ValueError):
+      return False
 
   def record(self, stage_index: int, indices: np.ndarray, correct: np.ndarray, x_adv) -> None:
     broken = indices[~np.asarray(correct, bool)]
@@ -505,7 +539,8 @@ class AdversarialStore:
 
 
 def run_autoattack(classifier: Classifier, test: data_lib.Split, options: EvalOptions,
-                   eps: float, base_key, done: dict, add_row, log) -> list[str]:
+                   eps: float, base_key, done: dict, add_row, log,
+                   identity: dict) -> list[str]:
   """AutoAttack's standard sequence (l2lda_jax.attacks.autoattack), one row per stage with
   the robust accuracy after it; returns AutoAttack's warnings about this evaluation."""
   variables, progress = classifier.variables, options.progress
@@ -519,11 +554,17 @@ def run_autoattack(classifier: Classifier, test: data_lib.Split, options: EvalOp
   warnings = [w for w in (autoattack.probability_warning(np.asarray(logits_fn(first))),
                           autoattack.zero_gradient_warning(float(np.mean(zero_grad))))
               if w]
+  done_stages = {stage: done[autoattack.row_name(stage)][1]
+                 for stage in autoattack.STANDARD_STAGES if autoattack.row_name(stage) in done}
   store = None
   if options.save_adversarial:
     store = AdversarialStore(options.save_adversarial,
                              np.asarray(data_lib.to_float(test.images)), test.labels,
-                             clean_correct)
+                             clean_correct, identity)
+    if done_stages and not store.load_finished_stages():
+      log(f'rerunning every autoattack stage: {options.save_adversarial} does not hold the '
+          f'examples of the interrupted run')
+      done_stages = {}
   stage_attacks = autoattack.stage_attacks(eps)
   threat = {}  # stage -> (Linf distance, box violation) of the examples it attacked
 
@@ -540,6 +581,8 @@ def run_autoattack(classifier: Classifier, test: data_lib.Split, options: EvalOp
     name = autoattack.row_name(result.stage)
     if result.resumed:
       add_row(*done[name], resumed=True)
+      if store is not None:
+        store.write()  # a run resumed after its last stage still leaves the file
       return
     linf, box = threat.get(result.stage, (np.zeros(1), np.zeros(1)))
     if store is not None and len(alive):
@@ -551,8 +594,6 @@ def run_autoattack(classifier: Classifier, test: data_lib.Split, options: EvalOp
              'max_linf': float(np.max(linf)), 'max_box_violation': float(np.max(box))},
             result.robust)
 
-  done_stages = {stage: done[autoattack.row_name(stage)][1]
-                 for stage in autoattack.STANDARD_STAGES if autoattack.row_name(stage) in done}
   results = autoattack.run_sequence(run_stage, clean_correct, done=done_stages,
                                     on_stage=on_stage)
   masking = autoattack.masking_warning(results)

@@ -101,7 +101,7 @@ def _our_sequence(logits_fn, x, y, key):
 
   def run_stage(stage, alive):
     x_adv = stages[stage](logits_fn, jnp.asarray(x_np[alive]), y[alive],
-                          jax.random.fold_in(key, len(stage)))
+                          jax.random.fold_in(key, autoattack.STANDARD_STAGES.index(stage)))
     return np.asarray(jnp.argmax(logits_fn(x_adv), -1) == y[alive]), x_adv
 
   clean = np.asarray(jnp.argmax(logits_fn(x), -1) == y)
@@ -119,6 +119,8 @@ def test_standard_sequence_agrees_with_torchattacks_autoattack(tiny_mlp):
   with one_torch_thread():
     attack = torchattacks.AutoAttack(torch_mlp(params), norm='Linf', eps=AGREEMENT_EPS,
                                      version='standard', n_classes=CLASSES, seed=0)
+    for component in attack._autoattack.attacks[:3]:  # its default is 10 iterations
+      component.steps = 100  # AutoAttack's standard version
     x_torch = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
     x_adv = attack(x_torch, torch.from_numpy(np.array(y)).long())
     theirs = float((torch_mlp(params)(x_adv).argmax(-1).numpy() == np.asarray(y)).mean())

@@ -145,21 +145,22 @@ def test_autoattack_sequence_rows_resume_and_saved_examples(plain_run, tmp_path)
   assert np.all(predicted[broken_at >= 0] != test.labels[broken_at >= 0])
   np.testing.assert_array_equal(x_adv[broken_at < 0], x[broken_at < 0])
 
-  # Interrupted after APGD-T: the rerun keeps those rows and runs FAB-T and Square only.
+  # Interrupted after APGD-T: the rerun keeps those rows, runs FAB-T and Square only, and
+  # ends with the uninterrupted run's answer, example by example, saved examples included.
   interrupted = partials[2]
   assert [r['attack'] for r in interrupted['rows']] == names[:3] and not interrupted['complete']
   messages = []
   resumed = _evaluate(plain_run, 'clean,autoattack', previous_report=interrupted,
-                      log=messages.append)
-  assert any('resumed' in m for m in messages)
+                      log=messages.append, save_adversarial=saved)
+  assert sum('(resumed)' in m for m in messages) == 3
   assert [r['attack'] for r in resumed['rows']] == names
-  for name in names[:3]:
-    assert resumed['per_example_correct'][name] == report['per_example_correct'][name]
-  assert resumed['rows'][3]['attacked'] == report['rows'][3]['attacked']
-  # A report of other examples is not resumed.
-  assert robustness.resumable_rows(interrupted, {**{k: interrupted[k] for k in
-                                                    robustness.RESUME_FIELDS},
-                                                 'num_examples': 47}) == {}
+  assert resumed['per_example_correct'] == report['per_example_correct']
+  with np.load(saved) as again:
+    np.testing.assert_array_equal(again['broken_at'], broken_at)
+    np.testing.assert_array_equal(again['x_adv'], x_adv)
+  # Another evaluation's report is not resumed: other examples, eps or PGD step.
+  for change in ({'num_examples': 47}, {'eps': 0.2}, {'pgd_step_size': 0.01}):
+    assert robustness.resumable_rows(interrupted, {**interrupted['identity'], **change}) == {}
 
 
 def test_eps_zero_attacks_give_exactly_the_clean_accuracy(plain_run):

@@ -122,14 +122,16 @@ class LearnedAttack:
 
 
 def attack_config(run_config, kind: str, eps: float, unroll_steps: int):
-  """The run's config for an l2lda / l2l attack at `eps`, with the attack's own T steps of
-  eps/4 (SPEC section 6) for l2lda."""
+  """The run's config for an l2lda / l2l attack at `eps`, with the attack of SPEC section 6
+  whatever the training recipe was: T steps of eps/4 from delta_0 = 0 (a run trained with
+  `generator.random_start` is attacked like any other, so rows of different runs compare)."""
   config = run_config.copy_and_resolve_references()
   config.method = kind
   config.eps = eps
   if kind == 'l2lda':
     config.generator.steps = unroll_steps
     config.generator.step_size = eps * L2LDA_ATTACK_STEP
+    config.generator.random_start = False
   return config
 
 
