@@ -77,7 +77,7 @@ def xla_flops(jitted, *args) -> float:
 
 def time_jax_step(config, repeats: int) -> dict:
   mesh = sharding.make_data_mesh()
-  model = create_classifier(config.model)
+  model = create_classifier(config.model, conv_impl=config.conv_impl)
   tx = train.make_optimizer(config.train)
   state = sharding.replicate(mesh, train.create_train_state(config, model, tx, (28, 28, 1), 10))
   _, step = train.make_train_steps(config, model, tx, 10, 1)

@@ -24,7 +24,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import mnist  # noqa: E402
 from l2lda_jax import sharding, train  # noqa: E402
 from l2lda_jax.models import create_classifier  # noqa: E402
-from l2lda_jax.models.classifiers import PatchConv, RowConv, max_pool_2x2  # noqa: E402
+import functools  # noqa: E402
+
+from l2lda_jax.models.classifiers import Conv, max_pool_2x2  # noqa: E402
+
+# The two CPU forms of l2lda_jax.models.convolution that LeNet-5 uses, as layers.
+PatchConv = functools.partial(Conv, cpu_form='patches', impl='cpu')
+RowConv = functools.partial(Conv, cpu_form='rows', impl='cpu')
 
 
 def median_ms(fn, *args, repeats=30):

@@ -60,6 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # The L2L-DA generator and game (SPEC sections 1, 2; method=l2l ignores these and
   # uses L2L*'s fixed one-shot settings). Table 1 ablations are overrides of these fields.
+  # Convolutions (LeNet-5 and the generator): 'auto' runs matmul forms on CPU and XLA's own
+  # convolutions on GPU/TPU; 'native' or 'cpu' force one (l2lda_jax/models/convolution.py).
+  config.conv_impl = 'auto'
+
   config.generator = ml_collections.ConfigDict()
   config.generator.width = 64
   config.generator.z_dim = 8

@@ -2,6 +2,8 @@
 
 import jax
 
+from l2lda_jax.models.convolution import IMPLEMENTATIONS as conv_implementations
+
 METHODS = ('l2lda', 'l2l', 'plain', 'fgsm', 'pgd', 'cw')
 GRADIENT_NORMALISATIONS = ('channel', 'batch_max', 'none')
 DATASETS = ('mnist', 'cifar10')
@@ -56,6 +58,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
   _require(config.data.name in DATASETS, 'data.name', config.data.name,
            f'must be one of {DATASETS}')
   _require(config.model in MODELS, 'model', config.model, f'must be one of {MODELS}')
+  _require(config.get('conv_impl', 'auto') in conv_implementations, 'conv_impl',
+           config.get('conv_impl'), f'must be one of {conv_implementations}')
   _require(0.0 <= config.eps <= 1.0, 'eps', config.eps, 'must be in [0, 1]')
   for field in ('train.steps', 'train.batch_size', 'attack.pgd_steps', 'attack.cw_steps',
                 'eval.every_steps', 'eval.batch_size', 'eval.pgd_steps', 'test.pgd_steps',

@@ -41,6 +41,7 @@ class GameSettings:
   num_classes: int  # 0: plain BN (no label input)
   width: int
   generator_updates: int = 1  # generator ascent steps per classifier update
+  conv_impl: str = 'auto'  # l2lda_jax.models.convolution
 
 
 def game_settings(config, num_classes: int) -> GameSettings:
@@ -50,17 +51,19 @@ def game_settings(config, num_classes: int) -> GameSettings:
     options = learned.UnrollOptions(eps=config.eps, steps=1, step_size=config.eps,
                                     use_delta=False, normalize_grad='batch_max',
                                     unroll=g.unroll)
-    return GameSettings(options, 0.0, 1, 0, 0, g.width, g.updates_per_step)
+    return GameSettings(options, 0.0, 1, 0, 0, g.width, g.updates_per_step,
+                        config.get('conv_impl', 'auto'))
   options = learned.UnrollOptions(eps=config.eps, steps=g.steps, step_size=g.step_size,
                                   use_delta=g.use_delta, normalize_grad=g.normalize_grad,
                                   random_start=g.get('random_start', False), unroll=g.unroll)
   return GameSettings(options, g.diversity_weight, 2, g.z_dim,
-                      num_classes if g.use_label else 0, g.width, g.updates_per_step)
+                      num_classes if g.use_label else 0, g.width, g.updates_per_step,
+                      config.get('conv_impl', 'auto'))
 
 
 def make_generator(settings: GameSettings, channels: int) -> Generator:
   return Generator(out_channels=channels, num_classes=settings.num_classes,
-                   width=settings.width, z_dim=settings.z_dim)
+                   width=settings.width, z_dim=settings.z_dim, conv_impl=settings.conv_impl)
 
 
 def generator_input_channels(settings: GameSettings, channels: int) -> int:

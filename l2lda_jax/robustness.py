@@ -151,7 +151,7 @@ def restore_classifier(workdir: str, checkpoint: str = 'best',
       raise EvaluationError(f'--checkpoint: {e}') from None
     finally:
       checkpoints.close()
-  model = create_classifier(config.model, _num_classes(config))
+  model = create_classifier(config.model, _num_classes(config), config.get('conv_impl', 'auto'))
   variables = {'params': raw['params'], 'batch_stats': raw.get('batch_stats') or {}}
   apply_fn = lambda v, x: model.apply(v, x, train=False)
   return Classifier(config, apply_fn, variables, step, raw.get('generator'))

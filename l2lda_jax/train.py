@@ -374,7 +374,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if dataset.lossy:
     logging.warning(data_lib.LOSSY_NOTE)
   mesh = sharding.make_data_mesh()
-  model = create_classifier(config.model, dataset.num_classes)
+  model = create_classifier(config.model, dataset.num_classes, config.conv_impl)
   tx = make_optimizer(config.train)
   image_shape = dataset.train.images.shape[1:]
   state = sharding.replicate(mesh, create_train_state(config, model, tx, image_shape,

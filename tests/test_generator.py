@@ -116,10 +116,11 @@ def test_tap_convolutions_equal_the_flax_layers_they_replace(size):
   kernel4 = jax.random.normal(jax.random.PRNGKey(2), (4, 4, 5, 3))
   kernel3 = jax.random.normal(jax.random.PRNGKey(3), (3, 3, 5, 3))
   pairs = [
-      (DownConv(3), nn.Conv(3, (4, 4), (2, 2), padding=((1, 1), (1, 1)), use_bias=False),
-       kernel4, x),
-      (UpConv(3), conv_transpose_k4s2p1(3), kernel4, small),
-      (Conv3x3(3), nn.Conv(3, (3, 3), padding=((1, 1), (1, 1)), use_bias=False), kernel3, x),
+      (DownConv(3, 'cpu'), nn.Conv(3, (4, 4), (2, 2), padding=((1, 1), (1, 1)),
+                                   use_bias=False), kernel4, x),
+      (UpConv(3, 'cpu'), conv_transpose_k4s2p1(3), kernel4, small),
+      (Conv3x3(3, 'cpu'), nn.Conv(3, (3, 3), padding=((1, 1), (1, 1)), use_bias=False),
+       kernel3, x),
   ]
   for ours, reference, kernel, inputs in pairs:
     params = {'params': {'kernel': kernel}}
@@ -136,7 +137,7 @@ def test_tap_convolutions_equal_the_flax_layers_they_replace(size):
 @pytest.mark.parametrize('kh,kw', [(3, 3), (2, 2)])
 def test_every_tap_form_is_a_valid_convolution(form, kh, kw):
   """Each matmul organisation of conv_taps equals XLA's VALID convolution, with gradients."""
-  from l2lda_jax.models.generator import conv_taps
+  from l2lda_jax.models.convolution import conv_taps
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 5))
   kernel = jax.random.normal(jax.random.PRNGKey(1), (kh, kw, 5, 4))
   reference = lambda v, k: jax.lax.conv_general_dilated(
@@ -150,7 +151,7 @@ def test_every_tap_form_is_a_valid_convolution(form, kh, kw):
 
 
 def test_conv_form_picks_the_least_data_movement():
-  from l2lda_jax.models.generator import conv_form
+  from l2lda_jax.models.convolution import taps_form as conv_form
   # Paper width: down0 convolves 3 input channels (z is `tiled_conv`), `final` has one output.
   assert conv_form(3, 64, 9) == 'im2col'
   assert conv_form(128, 1, 9) == 'wide'
@@ -170,8 +171,9 @@ def test_encoder_convs_with_tiled_features_equal_convs_over_the_concatenation(si
   x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 5))
   z = jax.random.normal(jax.random.PRNGKey(1), (2, 4))
   pairs = [
-      (Conv3x3(3), nn.Conv(3, (3, 3), padding=((1, 1), (1, 1)), use_bias=False), 3),
-      (DownConv(3), nn.Conv(3, (4, 4), (2, 2), padding=((1, 1), (1, 1)), use_bias=False), 4),
+      (Conv3x3(3, 'cpu'), nn.Conv(3, (3, 3), padding=((1, 1), (1, 1)), use_bias=False), 3),
+      (DownConv(3, 'cpu'), nn.Conv(3, (4, 4), (2, 2), padding=((1, 1), (1, 1)),
+                                   use_bias=False), 4),
   ]
   tile = lambda v: jnp.broadcast_to(v[:, None, None, :], (2, size, size, 4))
   for ours, reference, k in pairs:

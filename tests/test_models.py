@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from l2lda_jax.models import LeNet5, ResNet20, create_classifier
-from l2lda_jax.models.classifiers import PatchConv, RowConv, max_pool_2x2
+from l2lda_jax.models.classifiers import Conv, max_pool_2x2
 
 
 def _param_count(tree):
@@ -65,7 +65,7 @@ def test_resnet20_normalises_inside_the_model():
 
 def test_patch_conv_matches_flax_conv():
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 12, 12, 3))
-  patch = PatchConv(5, 5, padding=2)
+  patch = Conv(5, 5, padding=2, cpu_form='patches', impl='cpu')
   params = patch.init(jax.random.PRNGKey(1), x)
   conv = nn.Conv(5, (5, 5), padding=2)
   np.testing.assert_allclose(patch.apply(params, x), conv.apply(params, x), atol=1e-5)
@@ -76,7 +76,7 @@ def test_patch_conv_matches_flax_conv():
 def test_row_conv_matches_flax_conv_in_values_and_gradients(channels, features, padding,
                                                             width):
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, width, width, channels))
-  row = RowConv(features, 5, padding=padding)
+  row = Conv(features, 5, padding=padding, cpu_form='rows', impl='cpu')
   params = row.init(jax.random.PRNGKey(1), x)
   conv = nn.Conv(features, (5, 5), padding=padding)
   np.testing.assert_allclose(row.apply(params, x), conv.apply(params, x), atol=1e-5)

@@ -12,7 +12,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from l2lda_jax.models import convolution
 
 # The authors' weights_init_normal (code): conv N(0, 0.02), linear Xavier-uniform, bias 0.
 _conv_kernel_init = nn.initializers.normal(0.02)
@@ -26,72 +27,20 @@ def _conv_params(module: nn.Module, k: int, c: int, features: int):
   return kernel, bias
 
 
-def _zero_pad_hw(x: jax.Array, p: int) -> jax.Array:
-  return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-
-
-class PatchConv(nn.Module):
-  """A VALID/zero-padded stride-1 conv computed as patches @ kernel.
-
-  Same parameters and outputs as nn.Conv. XLA:CPU runs a convolution whose kernel is
-  as large as its input (LeNet's conv3) several times slower than this matmul form,
-  in both directions of autodiff.
-  """
+class Conv(nn.Module):
+  """PyTorch's Conv2d(k, padding) with bias: nn.Conv's parameters, computed by
+  `convolution.conv2d` (XLA's convolution on GPU/TPU, the `cpu_form` matmul on CPU)."""
   features: int
   kernel_size: int
   padding: int = 0
+  cpu_form: str = 'rows'
+  impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
-    k, c = self.kernel_size, x.shape[-1]
-    kernel, bias = _conv_params(self, k, c, self.features)
-    x = _zero_pad_hw(x, self.padding)
-    n, h, w, _ = x.shape
-    out_h, out_w = h - k + 1, w - k + 1
-    patches = jnp.stack([x[:, i:i + out_h, j:j + out_w, :]
-                         for i in range(k) for j in range(k)], axis=3)
-    patches = patches.reshape(n, out_h, out_w, k * k * c)
-    return patches @ kernel.reshape(k * k * c, self.features) + bias
-
-
-def row_toeplitz(kernel: jax.Array, in_width: int) -> jax.Array:
-  """(k, k, C, F) kernel -> (k * in_width * C, out_width * F) matrix T with
-  T[i, p, c, o, f] = kernel[i, p - o, c, f] (zero where p - o is outside the kernel).
-
-  Multiplying k stacked input rows by T gives one VALID output row.
-  """
-  kh, kw, c, f = kernel.shape
-  out_width = in_width - kw + 1
-  shift = np.zeros((kw, in_width, out_width), np.float32)
-  for j in range(kw):
-    shift[j, np.arange(out_width) + j, np.arange(out_width)] = 1.0
-  toeplitz = jnp.einsum('jpo,ijcf->ipcof', shift, kernel)
-  return toeplitz.reshape(kh * in_width * c, out_width * f)
-
-
-class RowConv(nn.Module):
-  """A zero-padded stride-1 conv computed row by row: k stacked input rows @ a
-  row-Toeplitz matrix of the kernel.
-
-  Same parameters and outputs as nn.Conv. For LeNet's small images and few channels
-  this is one well-shaped matmul per direction of autodiff: a PGD-10 training step took
-  0.32x the time of XLA's convolution / the per-pixel patch matmul (docs/PERFORMANCE.md).
-  """
-  features: int
-  kernel_size: int
-  padding: int = 0
-
-  @nn.compact
-  def __call__(self, x):
-    k, c = self.kernel_size, x.shape[-1]
-    kernel, bias = _conv_params(self, k, c, self.features)
-    x = _zero_pad_hw(x, self.padding)
-    n, h, w, _ = x.shape
-    out_h, out_w = h - k + 1, w - k + 1
-    rows = jnp.stack([x[:, i:i + out_h] for i in range(k)], axis=2)
-    rows = rows.reshape(n, out_h, k * w * c)
-    out = rows @ row_toeplitz(kernel, w)
-    return out.reshape(n, out_h, out_w, self.features) + bias
+    kernel, bias = _conv_params(self, self.kernel_size, x.shape[-1], self.features)
+    return convolution.conv2d(x, kernel, padding=self.padding, impl=self.impl,
+                              cpu_form=self.cpu_form) + bias
 
 
 def _pool_windows(x: jax.Array) -> jax.Array:
@@ -149,17 +98,24 @@ def _dense(features: int, name: str):
 
 
 class LeNet5(nn.Module):
-  """LeNet-5 of the authors' code: 61,706 parameters for 10 classes."""
+  """LeNet-5 of the authors' code: 61,706 parameters for 10 classes.
+
+  On CPU conv1 and conv2 run as row-Toeplitz matmuls and conv3 (whose 5x5 kernel covers
+  its 5x5 input) as one patch matmul (`convolution`); `conv_impl` as there.
+  """
   num_classes: int = 10
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # no batch norm
-    x = nn.relu(RowConv(6, 5, padding=2, name='conv1')(x))
+    conv = lambda features, form, name, padding=0: Conv(
+        features, 5, padding, form, self.conv_impl, name=name)
+    x = nn.relu(conv(6, 'rows', 'conv1', padding=2)(x))
     x = max_pool_2x2(x)
-    x = nn.relu(RowConv(16, 5, name='conv2')(x))
+    x = nn.relu(conv(16, 'rows', 'conv2')(x))
     x = max_pool_2x2(x)
-    x = nn.relu(PatchConv(120, 5, name='conv3')(x))
+    x = nn.relu(conv(120, 'patches', 'conv3')(x))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(_dense(84, 'fc1')(x))
     return _dense(self.num_classes, 'fc2')(x)
@@ -221,9 +177,12 @@ class ResNet20(nn.Module):
     return nn.Dense(self.num_classes, name='fc')(x)
 
 
-def create_classifier(name: str, num_classes: int = 10) -> nn.Module:
-  """The classifier named by `config.model`."""
-  models = {'lenet5': LeNet5, 'resnet20': ResNet20}
-  if name not in models:
-    raise ValueError(f'unknown model {name!r}; choose one of {sorted(models)}')
-  return models[name](num_classes=num_classes)
+def create_classifier(name: str, num_classes: int = 10, conv_impl: str = 'auto') -> nn.Module:
+  """The classifier named by `config.model`; `conv_impl` (config.conv_impl) picks LeNet-5's
+  convolution implementation (ResNet-20 uses XLA's on every backend)."""
+  convolution.resolve(conv_impl)  # a bad value fails here, naming the field
+  if name == 'lenet5':
+    return LeNet5(num_classes=num_classes, conv_impl=conv_impl)
+  if name == 'resnet20':
+    return ResNet20(num_classes=num_classes)
+  raise ValueError(f'unknown model {name!r}; choose one of lenet5, resnet20')

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from l2lda_jax.models import convolution
+
 _conv_init = nn.initializers.normal(0.02)
 
 
@@ -42,90 +44,6 @@ class ConditionalBatchNorm(nn.Module):
       beta = beta + one_hot @ beta_table
       gamma, beta = gamma[:, None, None, :], beta[:, None, None, :]
     return x * gamma + beta
-
-
-def conv_taps(x: jax.Array, kernel: jax.Array, form: str | None = None) -> jax.Array:
-  """A VALID stride-1 convolution as matmuls over the kernel taps.
-
-  Same result as lax.conv_general_dilated. XLA:CPU's own convolution gradients, the
-  kernel gradient above all, were several times slower at the generator's shapes
-  (docs/PERFORMANCE.md). The input is laid out spatial-major and flattened, (Hp * Wp,
-  N, C), so that a tap (a, b) is a shift by a * Wp + b rows; each output row is
-  computed at all Wp columns and the kw - 1 past the edge are dropped at the end. Of
-  two ways to organise the matmuls, the one that moves fewer floats for this layer's
-  (C, F) is used (`conv_form`) unless `form` names one.
-  """
-  n, hp, wp, c = x.shape
-  kh, kw, _, f = kernel.shape
-  oh, ow = hp - kh + 1, wp - kw + 1
-  flat = x.transpose(1, 2, 0, 3).reshape(hp * wp, n, c)
-  product = _FORMS[form or conv_form(c, f, kh * kw)]
-  out = product(flat, kernel, wp, oh * wp)
-  return out.reshape(oh, wp, n, f)[:, :ow].transpose(2, 0, 1, 3)
-
-
-def conv_form(c: int, f: int, taps: int) -> str:
-  """'im2col' or 'wide', whichever moves fewer floats per position of the flat buffer.
-
-  im2col: the taps' shifted input windows concatenated along channels, then one
-    matmul: writes and re-reads `taps` windows of C channels, writes F.
-  wide: one matmul with all the taps' outputs side by side, then each tap's block
-    shifted and summed: reads C, writes and re-reads `taps` blocks of F.
-  (A third form, one matmul per tap over the whole input with its product shifted,
-  moves taps * (C + 2F): always more than `wide`, and it measured slower.) So im2col
-  for down0 (few input channels) and the up-convs (4F outputs), wide for `final` (one
-  output channel) and the space-to-depth down-convs (4C inputs).
-  """
-  im2col, wide = 2 * taps * c + f, c + 2 * taps * f
-  return 'im2col' if im2col < wide else 'wide'
-
-
-def _pad_rows(buffer: jax.Array, count: int) -> jax.Array:
-  """`count` zero rows after a (rows, N, ...) buffer: they keep the last tap's shifted
-  slice in bounds."""
-  return jnp.pad(buffer, ((0, count),) + ((0, 0),) * (buffer.ndim - 1))
-
-
-def _matmul(flat: jax.Array, matrix: jax.Array) -> jax.Array:
-  """(rows, N, C) @ (C, F) as one 2-D matmul (faster on XLA:CPU than the 3-D form)."""
-  rows, n, c = flat.shape
-  return (flat.reshape(rows * n, c) @ matrix).reshape(rows, n, -1)
-
-
-def _im2col_product(flat, kernel, wp, rows):
-  """concat over taps of shift(flat), times the kernel as a (kh * kw * C, F) matrix."""
-  kh, kw, c, f = kernel.shape
-  padded = _pad_rows(flat, kw - 1)
-  windows = jnp.concatenate(
-      [padded[a * wp + b:a * wp + b + rows] for a in range(kh) for b in range(kw)], axis=-1)
-  return _matmul(windows, kernel.reshape(kh * kw * c, f))
-
-
-def _wide_product(flat, kernel, wp, rows):
-  """flat @ [K[0, 0] ... K[kh-1, kw-1]] in one matmul, then each tap's block shifted and summed."""
-  kh, kw, c, f = kernel.shape
-  products = _matmul(flat, kernel.transpose(2, 0, 1, 3).reshape(c, kh * kw * f))
-  products = _pad_rows(products.reshape(flat.shape[:2] + (kh * kw, f)), kw - 1)
-  out = None
-  for a in range(kh):
-    for b in range(kw):
-      term = products[a * wp + b:a * wp + b + rows, :, a * kw + b]
-      out = term if out is None else out + term
-  return out
-
-
-_FORMS = {'im2col': _im2col_product, 'wide': _wide_product}
-
-
-def _pad_hw(x: jax.Array, p: int) -> jax.Array:
-  return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-
-
-def space_to_depth(x: jax.Array) -> jax.Array:
-  """(N, H, W, C) -> (N, H/2, W/2, 4C), each 2x2 block's pixels stacked as (row, col, C)."""
-  n, h, w, c = x.shape
-  x = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(n, h // 2, w // 2, 4 * c)
 
 
 def _encoder_kernel(module: nn.Module, size: int, x: jax.Array, tiled, features: int,
@@ -184,55 +102,36 @@ class Conv3x3(nn.Module):
   C + K input channels, and the tiled part is computed by `tiled_conv`.
   """
   features: int
+  impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, tiled=None):
     kernel, tiled_term = _encoder_kernel(self, 3, x, tiled, self.features, stride=1)
-    return conv_taps(_pad_hw(x, 1), kernel) + tiled_term
+    return convolution.conv2d(x, kernel, padding=1, impl=self.impl) + tiled_term
 
 
 class DownConv(nn.Module):
-  """PyTorch Conv2d(k=4, s=2, p=1, bias=False), which halves H and W.
-
-  Computed as space-to-depth of the padded input and a 2x2 stride-1 conv whose kernel
-  is the 4x4 kernel regrouped: K'[a, b, (r, s, c)] = K[2a + r, 2b + s, c]. Same
-  parameters and outputs as nn.Conv(features, (4, 4), (2, 2), padding=1). `tiled`
-  as in `Conv3x3`.
-  """
+  """PyTorch Conv2d(k=4, s=2, p=1, bias=False), which halves H and W; `tiled` as in
+  `Conv3x3`."""
   features: int
+  impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, tiled=None):
-    c = x.shape[-1]
     kernel, tiled_term = _encoder_kernel(self, 4, x, tiled, self.features, stride=2)
-    regrouped = kernel.reshape(2, 2, 2, 2, c, self.features).transpose(0, 2, 1, 3, 4, 5)
-    return conv_taps(space_to_depth(_pad_hw(x, 1)),
-                     regrouped.reshape(2, 2, 4 * c, self.features)) + tiled_term
+    return convolution.conv2d(x, kernel, stride=2, padding=1, impl=self.impl) + tiled_term
 
 
 class UpConv(nn.Module):
-  """PyTorch ConvTranspose2d(k=4, s=2, p=1, bias=False), which doubles H and W.
-
-  Output pixel (2i + r, 2j + s) sees only the input window starting at (i + r - 1,
-  j + s - 1) through kernel taps (2a + r, 2b + s): one 2x2 stride-1 conv with 4F
-  outputs over the padded input, then each phase (r, s) read at its offset. Same
-  parameters and outputs as `conv_transpose_k4s2p1` (Flax's ConvTranspose with
-  padding 2, which does not flip the kernel: with learned weights only a
-  re-parameterisation of PyTorch's).
-  """
+  """PyTorch ConvTranspose2d(k=4, s=2, p=1, bias=False), which doubles H and W; the same
+  parameters as `conv_transpose_k4s2p1`."""
   features: int
+  impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
-    n, h, w, c = x.shape
-    f = self.features
-    kernel = self.param('kernel', _conv_init, (4, 4, c, f))
-    phase_kernel = kernel.reshape(2, 2, 2, 2, c, f).transpose(0, 2, 4, 1, 3, 5)
-    y = conv_taps(_pad_hw(x, 1), phase_kernel.reshape(2, 2, c, 4 * f))
-    y = y.reshape(n, h + 1, w + 1, 2, 2, f)
-    rows = [jnp.stack([y[:, r:r + h, s:s + w, r, s] for s in (0, 1)], axis=3) for r in (0, 1)]
-    out = jnp.stack(rows, axis=2)  # (n, h, r, w, s, f)
-    return out.reshape(n, 2 * h, 2 * w, f)
+    kernel = self.param('kernel', _conv_init, (4, 4, x.shape[-1], self.features))
+    return convolution.conv_transpose_k4s2p1(x, kernel, impl=self.impl)
 
 
 def conv_transpose_k4s2p1(features: int, name: str | None = None) -> nn.ConvTranspose:
@@ -255,11 +154,13 @@ class Generator(nn.Module):
     num_classes: classes for conditional BN; 0 uses plain BN (label ablation).
     width: 64 in the paper.
     z_dim: 8 in the paper; 0 drops z (the one-shot L2L* generator).
+    conv_impl: 'auto' | 'native' | 'cpu' (l2lda_jax.models.convolution).
   """
   out_channels: int
   num_classes: int = 10
   width: int = 64
   z_dim: int = 8
+  conv_impl: str = 'auto'  # l2lda_jax.models.convolution: matmul forms on CPU, XLA's elsewhere
 
   @nn.compact
   def __call__(self, inputs, z, labels, train: bool = True):
@@ -274,14 +175,15 @@ class Generator(nn.Module):
       z_features = nn.relu(dense('z_fc2')(nn.relu(dense('z_fc1')(z))))
 
     # Each encoder conv sees concat[h, tile(z_features)] (SPEC section 2).
-    d0 = leaky(Conv3x3(w, name='down0')(inputs, z_features))
-    d1 = leaky(cbn('down1_bn')(DownConv(w, name='down1')(d0, z_features), labels, train))
-    d2 = leaky(DownConv(2 * w, name='down2')(d1, z_features))
-    u2 = nn.relu(cbn('up2_bn')(UpConv(w, name='up2')(d2), labels, train))
+    impl = self.conv_impl
+    d0 = leaky(Conv3x3(w, impl, name='down0')(inputs, z_features))
+    d1 = leaky(cbn('down1_bn')(DownConv(w, impl, name='down1')(d0, z_features), labels, train))
+    d2 = leaky(DownConv(2 * w, impl, name='down2')(d1, z_features))
+    u2 = nn.relu(cbn('up2_bn')(UpConv(w, impl, name='up2')(d2), labels, train))
     u2 = jnp.concatenate([u2, d1], axis=-1)
-    u1 = nn.relu(cbn('up1_bn')(UpConv(w, name='up1')(u2), labels, train))
+    u1 = nn.relu(cbn('up1_bn')(UpConv(w, impl, name='up1')(u2), labels, train))
     u1 = jnp.concatenate([u1, d0], axis=-1)
-    return Conv3x3(self.out_channels, name='final')(u1)
+    return Conv3x3(self.out_channels, impl, name='final')(u1)
 
 
 def z_live_units(params, z: jax.Array) -> jax.Array:
