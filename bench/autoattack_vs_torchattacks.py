@@ -84,6 +84,8 @@ def theirs(model, x: np.ndarray, y: np.ndarray, eps: float, seed: int, batch_siz
       x_adv = component(x_t[idx], y_t[idx])
       robust[idx] = (predict(x_adv) == y_t[idx]).numpy()
     results[stage] = (float(robust.mean()), time.time() - start)
+    print(f'torchattacks {stage}: {100 * results[stage][0]:.2f}% ({results[stage][1]:.0f} s)',
+          flush=True)
   return results
 
 
@@ -100,6 +102,8 @@ def main():
   test = data_lib.load_dataset(classifier.config.data).test.take(args.num_examples)
   x = np.asarray(test.images, np.float32) / 255.0
   mine, report = ours(args.workdir, args.num_examples, args.batch_size, args.seed)
+  print('l2lda_jax ' + ', '.join(f'{s} {100 * a:.2f}% ({t:.0f} s)' for s, (a, t) in mine.items()),
+        flush=True)
   other = theirs(model, x, np.asarray(test.labels), eps, args.seed, args.batch_size)
   print(f'{"stage":8} {"l2lda_jax %":>12} {"torchattacks %":>15} {"diff pp":>8} '
         f'{"ours s":>8} {"theirs s":>9}')
