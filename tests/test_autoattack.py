@@ -64,26 +64,22 @@ def test_masking_warning_counts_what_square_broke_after_the_gradient_stages():
   assert autoattack.masking_warning(quiet) is None
 
 
-def test_probability_outputs_are_recognised_and_logits_are_not():
-  logits = jax.random.normal(jax.random.PRNGKey(0), (8, 10)) * 3
-  assert autoattack.looks_like_probabilities(np.asarray(jax.nn.softmax(logits)))
-  assert autoattack.probability_warning(np.asarray(jax.nn.softmax(logits))) is not None
-  assert not autoattack.looks_like_probabilities(np.asarray(logits))
-  # Rows in [0, 1] that do not sum to 1 (sigmoids) are not probabilities of one label.
-  assert not autoattack.looks_like_probabilities(np.asarray(jax.nn.sigmoid(logits)))
-
-
-def test_zero_gradient_is_flagged_per_example():
-  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 3, 3, 1))
-  y = jnp.array([0, 1, 0, 1])
-  w = jax.random.normal(jax.random.PRNGKey(2), (9, 2))
+def test_autoattack_warns_on_probabilities_and_on_zero_gradients():
+  """The warnings come from `--checks`' own functions: probabilities fail the logits check,
+  a thresholded model fails the zero-gradient check, a linear model passes both."""
+  from l2lda_jax import data as data_lib
+  from l2lda_jax.robustness import autoattack_input_warnings
+  images = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (6, 3, 3, 1), 0, 256), np.uint8)
+  split = data_lib.Split(images, np.array([0, 1, 0, 1, 0, 1], np.int32))
+  w = jax.random.normal(jax.random.PRNGKey(2), (9, 2)) * 3
   linear = lambda v: v.reshape(v.shape[0], -1) @ w
-  # A thresholded model: a pixel sum below 100 gives constant logits, so no gradient.
-  flat = lambda v: jnp.where(v.sum((1, 2, 3))[:, None] > 100, linear(v), 0.0)
-  assert not np.any(autoattack.zero_gradient(linear, x, y))
-  assert np.all(autoattack.zero_gradient(flat, x, y))
-  assert autoattack.zero_gradient_warning(0.0) is None
-  assert '50.00%' in autoattack.zero_gradient_warning(0.5)
+  # A pixel sum below 100 gives constant logits (outside [0, 1]), so no gradient at all.
+  flat = lambda v: jnp.where(v.sum((1, 2, 3))[:, None] > 100, linear(v), -5.0)
+  assert autoattack_input_warnings(linear, split, batch_size=4) == []
+  [probability] = autoattack_input_warnings(lambda v: jax.nn.softmax(linear(v)), split, 4)
+  assert probability.startswith('outputs_are_logits failed')
+  [zero] = autoattack_input_warnings(flat, split, 4)
+  assert zero.startswith('zero_input_gradients failed') and '100.00%' in zero
 
 
 # ----------------------------------------------------------------------------- torchattacks

@@ -115,3 +115,38 @@ def test_max_pool_gradient_is_pytorchs():
 def test_unknown_model_is_named():
   with pytest.raises(ValueError, match='vgg'):
     create_classifier('vgg')
+
+
+def test_surrogate_relu_keeps_the_forward_and_smooths_the_backward():
+  from l2lda_jax.models.surrogate import surrogate_relu
+  x = jnp.array([-3.0, -0.5, 0.0, 0.5, 3.0])
+  relu = surrogate_relu(0.5)
+  np.testing.assert_array_equal(relu(x), jax.nn.relu(x))
+  grad = jax.grad(lambda v: jnp.sum(relu(v)))(x)
+  np.testing.assert_allclose(grad, jax.nn.sigmoid(x / 0.5), rtol=1e-6)
+  assert surrogate_relu(0.0) is jax.nn.relu
+  with pytest.raises(ValueError, match='temperature'):
+    surrogate_relu(-1.0)
+
+
+def test_lenet5_with_surrogate_relu_has_the_same_logits_and_no_dead_input_gradient():
+  """A dead first layer (negative biases) zeroes the true input gradient; the surrogate's
+  is zero only where max pooling routes nothing (ties on the blank background), and the
+  logits stay bit-identical."""
+  from l2lda_jax.models.surrogate import surrogate_relu
+  variables = LeNet5().init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  params = jax.tree_util.tree_map(lambda p: p, variables['params'])
+  params['conv1']['bias'] = -jnp.ones_like(params['conv1']['bias'])  # every unit off at x = 0
+  variables = {'params': params}
+  x = jnp.zeros((2, 28, 28, 1)).at[:, 10:18, 10:18].set(1.0)
+  y = jnp.array([3, 7])
+  plain, smooth = LeNet5(), LeNet5(activation=surrogate_relu(0.1))
+  np.testing.assert_array_equal(plain.apply(variables, x), smooth.apply(variables, x))
+
+  def input_gradient(model):
+    loss = lambda v: jnp.sum(-jax.nn.log_softmax(model.apply(variables, v))[jnp.arange(2), y])
+    return jax.grad(loss)(x)
+
+  dead_plain = np.mean(np.asarray(input_gradient(plain)) == 0)
+  dead_smooth = np.mean(np.asarray(input_gradient(smooth)) == 0)
+  assert dead_plain > 0.3 and dead_smooth < dead_plain / 3

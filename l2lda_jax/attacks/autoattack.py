@@ -12,8 +12,6 @@ import functools
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from l2lda_jax.attacks import apgd, fab, square
@@ -101,33 +99,3 @@ def masking_warning(results: Sequence[StageResult]) -> Optional[str]:
   return (f'Square broke {found} example(s) that {", ".join(gradient).upper()} left robust '
           f'({100 * found / len(before):.2f} pp): possible gradient masking; the gradient '
           f'attacks alone overstate robustness')
-
-
-def looks_like_probabilities(logits: np.ndarray, tolerance: float = 1e-5) -> bool:
-  """True when every output row is in [0, 1] and sums to 1: the model returns softmax
-  probabilities, where the attacks' losses (CE, DLR, margin) expect logits."""
-  logits = np.asarray(logits, np.float64)
-  return bool(np.all(logits >= -tolerance) and np.all(logits <= 1 + tolerance)
-              and np.allclose(logits.sum(-1), 1.0, atol=tolerance))
-
-
-def probability_warning(logits: np.ndarray) -> Optional[str]:
-  if not looks_like_probabilities(logits):
-    return None
-  return ('the model outputs look like probabilities (each row in [0, 1], summing to 1): '
-          'the attacks expect logits, and their losses saturate on probabilities')
-
-
-def zero_gradient(logits_fn, x: jax.Array, y: jax.Array) -> jax.Array:
-  """Per example: whether the CE input gradient is exactly zero everywhere."""
-  def loss(v):
-    return jnp.sum(-jax.nn.log_softmax(logits_fn(v))[jnp.arange(y.shape[0]), y])
-  grad = jax.grad(loss)(x)
-  return jnp.all(grad.reshape(grad.shape[0], -1) == 0, axis=-1)
-
-
-def zero_gradient_warning(share: float) -> Optional[str]:
-  if share <= 0:
-    return None
-  return (f'{100 * share:.2f}% of the examples have an input gradient of exactly zero: the '
-          f'gradient stages cannot move them, and their robust accuracy may be an overestimate')

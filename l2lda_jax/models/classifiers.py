@@ -7,7 +7,7 @@ convolution weights N(0, 0.02), linear weights Xavier-uniform, every bias zero. 
 authors' ResNet-20 starts from pre-trained weights, so its initialisation is He et al.'s.
 """
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -105,19 +105,21 @@ class LeNet5(nn.Module):
   """
   num_classes: int = 10
   conv_impl: str = 'auto'
+  activation: Callable = nn.relu  # models.surrogate.surrogate_relu for an attacker's view
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # no batch norm
     conv = lambda features, form, name, padding=0: Conv(
         features, 5, padding, form, self.conv_impl, name=name)
-    x = nn.relu(conv(6, 'rows', 'conv1', padding=2)(x))
+    relu = self.activation
+    x = relu(conv(6, 'rows', 'conv1', padding=2)(x))
     x = max_pool_2x2(x)
-    x = nn.relu(conv(16, 'rows', 'conv2')(x))
+    x = relu(conv(16, 'rows', 'conv2')(x))
     x = max_pool_2x2(x)
-    x = nn.relu(conv(120, 'patches', 'conv3')(x))
+    x = relu(conv(120, 'patches', 'conv3')(x))
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(_dense(84, 'fc1')(x))
+    x = relu(_dense(84, 'fc1')(x))
     return _dense(self.num_classes, 'fc2')(x)
 
 
