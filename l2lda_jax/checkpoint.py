@@ -14,8 +14,10 @@ import re
 import sys
 from typing import Any, Callable, NamedTuple
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 BEST_METRIC = 'val_robust_accuracy'
 SLOT_FOLDERS = {'best': 'best', 'latest': 'checkpoints'}
@@ -105,6 +107,20 @@ def _free_name(path: str) -> str:
     n += 1
     candidate = f'{path}{UNREADABLE_SUFFIX}{n}'
   return candidate
+
+
+def _move_aside(path: str) -> str:
+  """Renames `path` to `_free_name(path)`, returning that name.
+
+  With several processes (one workdir, shared) process 0 alone renames, and every process
+  waits for it before reading the folder again.
+  """
+  moved = _free_name(path)
+  if jax.process_index() == 0:
+    os.rename(path, moved)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'move aside {path}')
+  return moved
 
 
 def _newest_first(steps) -> list[int]:
@@ -205,8 +221,7 @@ class Checkpoints:
     if not move:
       self.log(f'checkpoint step {step} ({path}) is unreadable, skipping it: {reason}')
       return
-    moved = _free_name(path)
-    os.rename(path, moved)
+    moved = _move_aside(path)
     self._slot(slot).reload()  # forget the step, so that training saves it again
     self.log(f'checkpoint step {step} ({path}) is unreadable, moved to '
              f'{os.path.basename(moved)}: {reason}')

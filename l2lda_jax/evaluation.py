@@ -47,7 +47,7 @@ def map_batches(batch_fn, variables, split: data_lib.Split, batch_size: int, key
     batch = sharding.shard_batch(mesh, images, labels)
     out = batch_fn(variables, *batch, jax.random.fold_in(key, start))
     out = out if isinstance(out, tuple) else (out,)
-    outputs.append([np.asarray(o)[:n] for o in out])
+    outputs.append([sharding.to_host(o)[:n] for o in out])  # all rows, every process
   return [np.concatenate(parts) for parts in zip(*outputs)]
 
 

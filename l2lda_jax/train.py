@@ -386,8 +386,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   elif config.init_from:
     state = load_classifier_from(state, config.init_from)
     logging.info('Classifier initialised from %s', config.init_from)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(portable_config(config).to_json_best_effort(indent=2))
+  is_main = jax.process_index() == 0  # the one process that writes files other than checkpoints
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(portable_config(config).to_json_best_effort(indent=2))
 
   clean_step, adv_step = make_train_steps(config, model, tx, dataset.num_classes,
                                           image_shape[-1])
@@ -397,22 +399,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         if config.method == 'l2lda' else None)
   validation = dataset.validation.take(config.eval.num_examples)
   # TensorBoard events from process 0 only; progress lines are logged below.
-  writer = summaries.summary_writer(workdir, enabled=jax.process_index() == 0)
+  writer = summaries.summary_writer(workdir, enabled=is_main)
   train_cfg = config.train
   first_step = int(state.step)
   progress = Progress(first_step, train_cfg.steps,
                       train_cfg.clean_warmup_steps if adv_step is not None else train_cfg.steps)
   bar = tqdm.tqdm(total=train_cfg.steps, initial=first_step, unit='step', dynamic_ncols=True,
-                  disable=None)  # None: a bar on a terminal only, never in a log file
+                  disable=None if is_main else True)  # None: on a terminal only
   pending, last_good = [], resumed_from
   warned_dead_z = False
   lossy_tag = '[LOSSY JPEG data] ' if dataset.lossy else ''
   start_time = time.time()
+  # Each process reads only its own rows of every global batch (all of them with one process).
+  own_rows = sharding.process_rows(mesh, train_cfg.batch_size)
 
   for step in range(first_step, train_cfg.steps):
     idx = data_lib.batch_indices(config.seed, step, len(dataset.train), train_cfg.batch_size)
-    images, labels = sharding.shard_batch(mesh, dataset.train.images[idx],
-                                          dataset.train.labels[idx])
+    idx = idx[own_rows]
+    images, labels = sharding.assemble_batch(mesh, train_cfg.batch_size,
+                                             dataset.train.images[idx], dataset.train.labels[idx])
     use_clean = adv_step is None or step < train_cfg.clean_warmup_steps
     state, metrics = (clean_step if use_clean else adv_step)(state, images, labels)
     pending.append((step + 1, metrics))
@@ -455,11 +460,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   report.update(train_seconds_this_process=train_seconds, resumed_from_step=resumed_from,
                 steps=train_cfg.steps, method=config.method, dataset=dataset.name,
                 lossy_data=dataset.lossy, devices=jax.device_count(),
-                platform=jax.devices()[0].platform)
+                processes=jax.process_count(), platform=jax.devices()[0].platform)
   if dataset.lossy:
     report['note'] = data_lib.LOSSY_NOTE
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(report, f, indent=2)
+  if is_main:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(report, f, indent=2)
   logging.info('Final report (%s): %s', os.path.join(workdir, 'results.json'), report)
   checkpoints.close()
   return report

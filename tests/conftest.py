@@ -80,6 +80,24 @@ def learnable_mnist_mock(num_examples: int = 256):
   return tfds.testing.mock_data(as_dataset_fn=as_dataset)
 
 
+SLOW_TESTS_VARIABLE = 'L2LDA_SLOW_TESTS'
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', f'slow: minutes of CPU; runs only with {SLOW_TESTS_VARIABLE}=1')
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked slow (several processes, each compiling a whole training run) run only
+  when asked, so the README's test command stays within CI's time; the summary names them."""
+  if os.environ.get(SLOW_TESTS_VARIABLE) == '1':
+    return
+  skip = pytest.mark.skip(reason=f'slow: run with {SLOW_TESTS_VARIABLE}=1')
+  for item in items:
+    if 'slow' in item.keywords:
+      item.add_marker(skip)
+
+
 def pytest_terminal_summary(terminalreporter):
   """Say which tests were skipped and why, even under -q: without the test-only packages
   the export and torchattacks-agreement tests skip, and a bare count would hide that."""

@@ -1,9 +1,12 @@
 """Runs train_and_evaluate on mock MNIST in its own process, for the SIGKILL test.
 
-  python tests/resume_harness.py WORKDIR METHOD STEP_DELAY_SECONDS
+  python tests/resume_harness.py WORKDIR METHOD STEP_DELAY_SECONDS [steps=N]
+      [coordinator_address=HOST:PORT num_processes=N process_id=I]
 
 Writes the final checkpoint's whole state to WORKDIR/final_params.npz when training ends. STEP_DELAY_SECONDS slows each
-step down so the test can kill the process in the middle of the run.
+step down so the test can kill the process in the middle of the run. steps=N shortens the
+run (a checkpoint every 2 steps, validation at the end only); the coordinator options make
+it one process of a jax.distributed run, initialised as train.py does.
 """
 
 import os
@@ -18,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import mnist  # noqa: E402
 from l2lda_jax import data as data_lib  # noqa: E402
+from l2lda_jax import distributed  # noqa: E402
 from l2lda_jax import train  # noqa: E402
 
 
@@ -47,8 +51,27 @@ def harness_config(method: str):
   return config
 
 
+def short_config(config, steps: int):
+  """`config` cut to `steps` steps: 1 clean warm-up step, saves every 2, one validation."""
+  config.train.steps = steps
+  config.train.clean_warmup_steps = 1
+  config.train.lr_decay_steps = (max(steps // 2, 1),)
+  config.checkpoint.every_steps = 2
+  config.log_every_steps = 2
+  config.eval.every_steps = steps
+  return config
+
+
 def main():
   workdir, method, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+  options = dict(arg.split('=', 1) for arg in sys.argv[4:])
+  distributed.initialize(distributed.initialization_arguments(
+      'auto', options.get('coordinator_address', ''),
+      int(options['num_processes']) if 'num_processes' in options else None,
+      int(options['process_id']) if 'process_id' in options else None, {}))
+  config = harness_config(method)
+  if 'steps' in options:
+    config = short_config(config, int(options['steps']))
   if delay > 0:
     indices = data_lib.batch_indices
 
@@ -58,13 +81,14 @@ def main():
 
     data_lib.batch_indices = slow_indices
   with tfds.testing.mock_data(num_examples=96):
-    train.train_and_evaluate(harness_config(method), workdir)
+    train.train_and_evaluate(config, workdir)
   state = train.checkpoint_lib.Checkpoints(workdir, keep=2)
   # Everything: classifier, optimiser and (for l2lda) generator state.
   restored = state.latest.restore(state.latest_step())
   flat = {jax.tree_util.keystr(k): np.asarray(v)
           for k, v in jax.tree_util.tree_leaves_with_path(restored)}
-  np.savez(os.path.join(workdir, 'final_params.npz'), **flat)
+  if jax.process_index() == 0:  # every process restores (orbax is collective); one writes
+    np.savez(os.path.join(workdir, 'final_params.npz'), **flat)
 
 
 if __name__ == '__main__':
