@@ -7,9 +7,6 @@ For each run's best checkpoint, on validation images (never the test set), the a
     and Square's own starting point (vertical +-eps stripes), each the worst of DRAWS draws;
   - Square (Linf, margin loss) after 1, 10, 100, 1,000 and 5,000 queries;
   - PGD-100 (step eps/12, random start), and the per-example worst of PGD-100 and Square;
-  - PGD-100 on a smooth-ReLU view of the classifier (`pgd100_smooth_relu`: the same logits,
-    ReLU's gradient replaced by sigmoid(x / 0.1), `models.surrogate`; LeNet-5 only), which
-    sees through dead ReLUs: if zero gradients were what blinds PGD, this row drops to Square;
 and the share of input pixels whose CE gradient is exactly zero, at x and at x plus uniform
 noise (`zero_grad_at_x`, `zero_grad_at_noise`, in %).
 A model that is robust along its gradients but not to dense noise shows a large drop at the
@@ -29,7 +26,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DRAWS = 10
 QUERY_BUDGETS = (1, 10, 100, 1000, 5000)
-SMOOTH_RELU_TEMPERATURE = 0.1
 
 
 def worst_of_draws(logits_fn, x, y, key, perturb, draws=DRAWS):
@@ -48,19 +44,6 @@ def zero_gradient_pixels(logits_fn, x, y):
   import jax.numpy as jnp
   loss = lambda v: jnp.sum(-jax.nn.log_softmax(logits_fn(v))[jnp.arange(y.shape[0]), y])
   return jnp.sum(jax.grad(loss)(x) == 0)
-
-
-def smooth_relu_logits_fn(classifier):
-  """The classifier's logits with ReLU's backward made smooth (None for models other than
-  LeNet-5): forward values are identical, so what PGD finds on it is adversarial for the
-  real model."""
-  from l2lda_jax.models.classifiers import LeNet5
-  from l2lda_jax.models.surrogate import surrogate_relu
-  if classifier.config.model != 'lenet5':
-    return None
-  model = LeNet5(conv_impl=classifier.config.get('conv_impl', 'auto'),
-                 activation=surrogate_relu(SMOOTH_RELU_TEMPERATURE))
-  return lambda x: model.apply(classifier.variables, x)
 
 
 def noise_families(eps: float):
@@ -86,7 +69,6 @@ def profile(workdir: str, num_examples: int, batch_size: int, seed: int) -> dict
   eps = float(classifier.config.eps)
   split = data_lib.load_dataset(classifier.config.data).validation.take(num_examples)
   logits_fn = lambda x: classifier.apply_fn(classifier.variables, x)
-  smooth_fn = smooth_relu_logits_fn(classifier)
   families = noise_families(eps)
 
   @jax.jit
@@ -100,9 +82,6 @@ def profile(workdir: str, num_examples: int, batch_size: int, seed: int) -> dict
       rows[f'square{budget}'] = rows['clean'] & (margin_loss(logits_fn(result.x_adv), y) > 0)
     x_pgd = pgd(logits_fn, x, y, keys[3], eps=eps, steps=100, step_size=eps / 12)
     rows['pgd100'] = jnp.argmax(logits_fn(x_pgd), -1) == y
-    if smooth_fn is not None:
-      x_smooth = pgd(smooth_fn, x, y, keys[3], eps=eps, steps=100, step_size=eps / 12)
-      rows['pgd100_smooth_relu'] = jnp.argmax(logits_fn(x_smooth), -1) == y
     rows['worst'] = rows['pgd100'] & rows[f'square{QUERY_BUDGETS[-1]}']
     noisy = families['uniform'](keys[0], x)
     zero = {name: zero_gradient_pixels(logits_fn, v, y) for name, v in
