@@ -78,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.generator.normalize_grad = 'channel'  # channel | batch_max | none
   # delta_0 = 0 (SPEC); True starts each attack uniformly in the eps-ball, as PGD does.
   config.generator.random_start = False
+  # What the classifier trains on: 'all_draws' (SPEC: x_adv_T of both z draws) or
+  # 'worst_draw' (per image the draw with the higher CE, as PGD restarts keep the worst).
+  config.generator.classifier_sees = 'all_draws'
   # The authors use the classifier's learning rate (1:1); a faster classifier outruns
   # its adversary. The progress line logs both.
   config.generator.learning_rate = 0.01

@@ -6,6 +6,7 @@ from l2lda_jax.models.convolution import IMPLEMENTATIONS as conv_implementations
 
 METHODS = ('l2lda', 'l2l', 'plain', 'fgsm', 'pgd', 'cw')
 GRADIENT_NORMALISATIONS = ('channel', 'batch_max', 'none')
+CLASSIFIER_SEES = ('all_draws', 'worst_draw')
 DATASETS = ('mnist', 'cifar10')
 MODELS = ('lenet5', 'resnet20')
 
@@ -100,6 +101,9 @@ def validate_config(config, num_devices: int | None = None) -> None:
            'must be >= 0 (0 turns the diversity loss off)')
   _require(g.weight_decay >= 0, 'generator.weight_decay', g.weight_decay, 'must be >= 0')
   _require(0 <= g.momentum < 1, 'generator.momentum', g.momentum, 'must be in [0, 1)')
+  _require(g.get('classifier_sees', 'all_draws') in CLASSIFIER_SEES,
+           'generator.classifier_sees', g.get('classifier_sees'),
+           f'must be one of {CLASSIFIER_SEES}')
   _require(g.normalize_grad in GRADIENT_NORMALISATIONS, 'generator.normalize_grad',
            g.normalize_grad, f'must be one of {GRADIENT_NORMALISATIONS}')
   _require(config.data.crop_padding >= 0, 'data.crop_padding', config.data.crop_padding,

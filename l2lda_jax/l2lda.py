@@ -2,7 +2,8 @@
 
 Per iteration: draw z1, z2; run the recursive attack on the doubled batch [x; x] with
 [z1; z2]; update the generator to maximise sum_t [CE_t + lambda * L_div,t]; update the
-classifier on [x; x_adv_T(z1); x_adv_T(z2)] made by the pre-update generator. Both
+classifier on [x; x_adv_T(z1); x_adv_T(z2)] made by the pre-update generator (or, with
+`generator.classifier_sees = 'worst_draw'`, on [x; the worse of the two per image]). Both
 optimisers and both networks' BatchNorm statistics advance in the same jit step.
 `method=l2l` is L2L* (Chen et al.): one shot, no delta, no z, no label, batch max-abs
 gradient normalisation, x_adv = clip(x + eps * tanh(G(x, g))).
@@ -42,6 +43,7 @@ class GameSettings:
   width: int
   generator_updates: int = 1  # generator ascent steps per classifier update
   conv_impl: str = 'auto'  # l2lda_jax.models.convolution
+  worst_draw_only: bool = False  # the classifier trains on each image's worst z draw only
 
 
 def game_settings(config, num_classes: int) -> GameSettings:
@@ -58,7 +60,8 @@ def game_settings(config, num_classes: int) -> GameSettings:
                                   random_start=g.get('random_start', False), unroll=g.unroll)
   return GameSettings(options, g.diversity_weight, 2, g.z_dim,
                       num_classes if g.use_label else 0, g.width, g.updates_per_step,
-                      config.get('conv_impl', 'auto'))
+                      config.get('conv_impl', 'auto'),
+                      g.get('classifier_sees', 'all_draws') == 'worst_draw')
 
 
 def make_generator(settings: GameSettings, channels: int) -> Generator:
@@ -148,6 +151,17 @@ def generator_objective(gen_params, gen_batch_stats, *, generator, logits_fn, x,
   return objective, (x_advs[-1], batch_stats, GameTrace(ce, div, gn_norms))
 
 
+def worst_draw(logits_fn, x_adv, labels, draws: int):
+  """Per image, the z draw of x_adv ([draws * B, ...], draw-major as [x; x]) with the
+  highest CE: the classifier then trains on the worst attack of the draws, as PGD with
+  restarts keeps its worst restart. Returns (x_adv [B, ...], labels [B])."""
+  batch = labels.shape[0] // draws
+  ce = cross_entropy(logits_fn(x_adv), labels).reshape(draws, batch)
+  pick = jnp.argmax(ce, axis=0)
+  chosen = x_adv.reshape((draws, batch) + x_adv.shape[1:])[pick, jnp.arange(batch)]
+  return chosen, labels[:batch]
+
+
 def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: GameSettings,
               data_config, base_key):
   """One iteration of Algorithm 1: generator ascent, then the classifier update."""
@@ -178,8 +192,11 @@ def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: 
 
   # The classifier sees the attack of the generator before its last update (Algorithm 1).
   x_adv = jax.lax.stop_gradient(x_adv)
-  inputs = jnp.concatenate([x, x_adv])
-  input_labels = jnp.concatenate([labels, y_rep])
+  x_train, y_train = x_adv, y_rep
+  if settings.worst_draw_only and draws > 1:
+    x_train, y_train = worst_draw(logits_fn, x_adv, y_rep, draws)
+  inputs = jnp.concatenate([x, x_train])
+  input_labels = jnp.concatenate([labels, y_train])
 
   new_state, loss, logits, grads = optimizers.classifier_update(state, model, tx, inputs,
                                                                 input_labels)

@@ -25,6 +25,7 @@ def test_shipped_configs_are_valid(module, variant):
     ('attack.pgd_steps', 0, 'config.attack.pgd_steps'),
     ('data.name', 'imagenet', 'config.data.name'),
     ('train.lr_decay_steps', (50, 10), 'config.train.lr_decay_steps'),
+    ('generator.classifier_sees', 'best', 'config.generator.classifier_sees'),
 ])
 def test_invalid_field_is_named(field, value, match):
   config = mnist.get_config('smoke')

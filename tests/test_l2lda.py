@@ -145,3 +145,27 @@ def test_the_learned_attack_returns_the_first_draw_that_breaks_each_example():
   # example 0: draw 1; example 1: draw 0; example 2: draw 2; example 3: none breaks it -> 0
   np.testing.assert_array_equal(chosen, [x_advs[1, 0, 0, 0, 0], x_advs[0, 1, 0, 0, 0],
                                          x_advs[2, 2, 0, 0, 0], x_advs[0, 3, 0, 0, 0]])
+
+
+def test_worst_draw_picks_each_images_highest_loss_draw():
+  """Draw-major [x_adv(z1); x_adv(z2)]: per image the draw with the higher CE is kept."""
+  logits_fn = lambda v: v.reshape(v.shape[0], -1)  # logits = the image's 4 pixels
+  labels = jnp.array([0, 1, 0, 1])  # two images, two draws
+  x_adv = jnp.array([[5., 0, 0, 0], [0, 0, 3, 0],    # draw 1: image 0 right, image 1 wrong
+                     [0, 0, 0, 2], [0, 4, 0, 0]]).reshape(4, 2, 2, 1)  # draw 2: the reverse
+  chosen, chosen_labels = l2lda.worst_draw(logits_fn, x_adv, labels, draws=2)
+  np.testing.assert_array_equal(chosen, x_adv[jnp.array([2, 1])])
+  np.testing.assert_array_equal(chosen_labels, labels[:2])
+
+
+def test_worst_draw_changes_only_what_the_classifier_trains_on():
+  """classifier_sees = 'worst_draw': the same generator update as 'all_draws' (the
+  generator's objective is untouched), a different classifier update."""
+  config = mnist.get_config('smoke')
+  config.method = 'l2lda'
+  _, all_draws, _ = _one_game_step(config, (28, 28, 1))
+  config.generator.classifier_sees = 'worst_draw'
+  _, worst, metrics = _one_game_step(config, (28, 28, 1))
+  assert not any(_leaves_changed(all_draws.generator.params, worst.generator.params))
+  assert any(_leaves_changed(all_draws.params, worst.params))
+  assert np.isfinite(metrics['loss'])
