@@ -17,13 +17,17 @@ from typing import Any, Callable, NamedTuple
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
+
+from l2lda_jax import sharding
 
 BEST_METRIC = 'val_robust_accuracy'
 SLOT_FOLDERS = {'best': 'best', 'latest': 'checkpoints'}
 UNFINISHED_SUFFIX = ocp.path.atomicity_types.TMP_DIR_SUFFIX
 UNREADABLE_SUFFIX = '.unreadable'
 MAX_REASON_CHARS = 200
+ITEM = 'default'  # the folder of a step's state: orbax's name for a manager's one item
 
 Log = Callable[[str], None]
 
@@ -65,6 +69,21 @@ def failure_reason(error: BaseException) -> str:
   line = re.sub(r' in OCDBT database at local file "[^"]*"', '', line)  # the folder is named
   text = f'{type(error).__name__}: {line}'
   return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 3] + '...'
+
+
+def _target_on_these_devices(item_dir: str):
+  """A restore target for the checkpoint item in `item_dir`: its arrays' shapes and dtypes,
+  replicated over this process's data mesh (as training keeps its state).
+
+  Without a target orbax puts each array back on the devices it was saved from: a
+  checkpoint of an 8-device run does not read on 1 device, and one of a 1-device run reads
+  on 8 onto the first alone, where a batch sharded over all 8 cannot meet it.
+  """
+  saved = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir)).tree
+  replicated = sharding.replicated_sharding(sharding.make_data_mesh())
+  here = lambda m: (jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated)
+                    if isinstance(m, ocp.metadata.ArrayMetadata) else m)
+  return jax.tree_util.tree_map(here, saved)
 
 
 def _is_abandoned_read_noise(unraisable) -> bool:
@@ -191,23 +210,26 @@ class Checkpoints:
     return [(slot, step) for slot in ('best', 'latest') if step in self._slot(slot).all_steps()]
 
   # --------------------------------------------------------------------------- restoring
+  def _restore(self, slot: str, step: int, template):
+    """(slot, step) into `template`, or as saved onto this process's devices when None."""
+    if template is None:
+      template = _target_on_these_devices(os.path.join(self._path(slot, step), ITEM))
+    return self._slot(slot).restore(step, args=ocp.args.StandardRestore(template))
+
   def _try(self, slot: str, step: int, template) -> tuple[Any, str | None]:
     """(tree, None) if (slot, step) reads, else (None, the reason in one line).
 
     With a template, a checkpoint that reads without it but not into it is not corrupt but
     another run's (a changed config): that is a CheckpointError, not a fallback.
     """
-    manager = self._slot(slot)
-    args = (ocp.args.StandardRestore(template) if template is not None
-            else ocp.args.StandardRestore())
     try:
-      return manager.restore(step, args=args), None
+      return self._restore(slot, step, template), None
     except Exception as e:  # pylint: disable=broad-except  # TensorStore raises bare Exception
       reason = failure_reason(e)
     _quiet_abandoned_reads()
     if template is not None:
       try:
-        manager.restore(step, args=ocp.args.StandardRestore())
+        self._restore(slot, step, None)
       except Exception:  # pylint: disable=broad-except
         _quiet_abandoned_reads()
         return None, reason
@@ -321,14 +343,14 @@ class Checkpoints:
 def restore_directory(path: str):
   """(raw state, step) from one saved step directory, e.g. WORKDIR/best/12000."""
   path = os.path.abspath(path)
-  item = os.path.join(path, 'default')
+  item = os.path.join(path, ITEM)
   if not os.path.isdir(item):
     raise FileNotFoundError(f'--checkpoint_dir: {path} is not a checkpoint step directory '
                             f'(expected {item})')
   name = os.path.basename(path)
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      raw = checkpointer.restore(item)
+      raw = checkpointer.restore(item, _target_on_these_devices(item))
   except Exception as e:  # pylint: disable=broad-except  # TensorStore raises bare Exception
     reason = failure_reason(e)
   else:

@@ -28,22 +28,32 @@ def make_correct_fn(apply_fn: ApplyFn, attack: Optional[Attack]):
   return jax.jit(correct)
 
 
+def padded_rows(batch_size: int, mesh) -> int:
+  """`batch_size` rounded up to a multiple of the mesh's devices, over which a batch must
+  split evenly (evaluate.py's default batch of 500 on 8 GPUs: 504). The padding repeats
+  the last image; the rows before it draw the same random numbers as unpadded (JAX's
+  default, partitionable threefry, draws by index), so their results do not change."""
+  return -(-batch_size // mesh.size) * mesh.size
+
+
 def map_batches(batch_fn, variables, split: data_lib.Split, batch_size: int, key: jax.Array,
                 mesh, desc: str = '', progress: bool = False) -> list[np.ndarray]:
   """`batch_fn(variables, uint8 images, labels, key)` over `split` in fixed-size batches.
 
-  The last batch is padded (one shape: one compilation) and its padding dropped; batch
-  `start` gets fold_in(key, start). Returns per-example numpy arrays, one per output.
+  Every batch is padded to `padded_rows` (one shape: one compilation) and its padding
+  dropped; batch `start` gets fold_in(key, start). Returns per-example numpy arrays, one
+  per output.
   """
   outputs = []
+  rows = padded_rows(batch_size, mesh)
   starts = range(0, len(split), batch_size)
   for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
     images = split.images[start:start + batch_size]
     labels = split.labels[start:start + batch_size]
     n = len(labels)
-    if n < batch_size:
-      images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, 0)])
-      labels = np.concatenate([labels, np.repeat(labels[-1:], batch_size - n, 0)])
+    if n < rows:
+      images = np.concatenate([images, np.repeat(images[-1:], rows - n, 0)])
+      labels = np.concatenate([labels, np.repeat(labels[-1:], rows - n, 0)])
     batch = sharding.shard_batch(mesh, images, labels)
     out = batch_fn(variables, *batch, jax.random.fold_in(key, start))
     out = out if isinstance(out, tuple) else (out,)

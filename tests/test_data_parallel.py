@@ -1,14 +1,16 @@
-"""Data parallelism: the same L2L-DA run on 1 and on 8 devices ends with the same state.
+"""Data parallelism: a run, its checkpoints and its evaluation on 8 devices equal those on 1.
 
 The 8 devices are XLA:CPU host devices (`--xla_force_host_platform_device_count=8`), in
 their own process (the device count is fixed when JAX starts). The batch is sharded over
 the ('data',) mesh and the state replicated, so every statistic of the step (the losses'
 batch means, the generator's conditional BatchNorm) is over the global batch: only the
-order of the floating-point sums may differ.
+order of the floating-point sums may differ. Processes that do not depend on each other
+run at once; the tiny runs are trained once per module and shared.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,26 +19,185 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(ROOT, 'tests', 'resume_harness.py')
+EVALUATE_HARNESS = os.path.join(ROOT, 'tests', 'evaluate_harness.py')
+DEVICES = 8
+TIMEOUT_S = 1800  # per process: minutes of compiling on a 2-core machine shared with others
+PGD_STEPS = 8  # checkpoints 6 and 8 are kept (every 2, keep 2)
+RESUME_STEP = PGD_STEPS - 2
+# The evaluated classifier: trained without attacks on learnable mock data, so that the
+# attacks break some examples and not others (a pgd run this short learns nothing).
+EVAL_MODEL_OPTIONS = ('steps=80', 'data=learnable', 'learning_rate=0.05')
+EVAL_FLAGS = ('--mock=learnable', '--attacks=clean,fgsm,pgd3', '--num_examples=48',
+              '--batch_size=20',  # not a multiple of 8: padded to 24 on 8 devices
+              '--checkpoint=latest', '--progress=false')
 
 
-def _run(workdir, devices: int) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  result = subprocess.run([sys.executable, HARNESS, str(workdir), 'l2lda', '0'], env=env,
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-2000:]
+# ----------------------------------------------------------------------------- processes
+def _env(devices: int) -> dict:
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+
+
+def _start(script: str, devices: int, *args) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, script, *map(str, args)], env=_env(devices),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _train(workdir, devices: int, method: str, *options) -> subprocess.Popen:
+  return _start(HARNESS, devices, workdir, method, 0, *options)
+
+
+def _finish(processes) -> None:
+  """Waits for all of them; on a failure (or timeout) kills the rest first."""
+  try:
+    errors = [p.communicate(timeout=TIMEOUT_S)[1] for p in processes]
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+  for p, stderr in zip(processes, errors):
+    assert p.returncode == 0, stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- reading runs
+def _results(workdir) -> dict:
   with open(os.path.join(workdir, 'results.json')) as f:
-    assert json.load(f)['devices'] == devices  # the run really was spread over them
-  with np.load(os.path.join(workdir, 'final_params.npz')) as saved:
+    return json.load(f)
+
+
+def _npz(path) -> dict:
+  with np.load(path) as saved:
     return {name: saved[name] for name in saved.files}
 
 
-@pytest.mark.parametrize('devices', [8])
+def _final_state(workdir, devices: int) -> dict:
+  assert _results(workdir)['devices'] == devices  # the run really was spread over them
+  return _npz(os.path.join(workdir, 'final_params.npz'))
+
+
+def _saved_checkpoint(workdir, step: int) -> dict:
+  """Checkpoint `step` as saved, read without a template in this process (1 device, unless
+  XLA_FLAGS says otherwise), named as in resumed_state.npz."""
+  import resume_harness  # noqa: E402  (imports JAX: only in the tests that need it)
+  from l2lda_jax import checkpoint
+  checkpoints = checkpoint.Checkpoints(str(workdir), keep=2)
+  try:
+    return resume_harness.flat_state(checkpoints.read(str(step)).tree, simple_names=True)
+  finally:
+    checkpoints.close()
+
+
+def _assert_states_close(got: dict, expected: dict) -> None:
+  assert sorted(got) == sorted(expected)
+  for name in expected:
+    np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.mark.parametrize('devices', [DEVICES])
 def test_an_l2lda_run_on_8_devices_equals_the_run_on_1(devices, tmp_path):
-  one = _run(tmp_path / 'one', 1)
-  many = _run(tmp_path / 'many', devices)
-  assert sorted(one) == sorted(many)
-  generator_stats = [name for name in one if 'generator' in name and 'batch_stats' in name]
+  one, many = tmp_path / 'one', tmp_path / 'many'
+  _finish([_train(one, 1, 'l2lda'), _train(many, devices, 'l2lda')])
+  expected = _final_state(one, 1)
+  generator_stats = [name for name in expected if 'generator' in name and 'batch_stats' in name]
   assert generator_stats  # the conditional BN statistics are compared too
-  for name in one:
-    np.testing.assert_allclose(many[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name)
+  _assert_states_close(_final_state(many, devices), expected)
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory) -> dict:
+  """Workdirs, trained at once: 'pgd on 1' and 'pgd on 8' (PGD_STEPS each, random mock
+  data), and 'eval model' (1 device, EVAL_MODEL_OPTIONS)."""
+  root = tmp_path_factory.mktemp('runs')
+  workdirs = {name: root / name.replace(' ', '_')
+              for name in ('pgd on 1', 'pgd on 8', 'eval model')}
+  _finish([_train(workdirs['pgd on 1'], 1, 'pgd', f'steps={PGD_STEPS}'),
+           _train(workdirs['pgd on 8'], DEVICES, 'pgd', f'steps={PGD_STEPS}'),
+           _train(workdirs['eval model'], 1, 'plain', *EVAL_MODEL_OPTIONS)])
+  return workdirs
+
+
+def test_a_pgd_run_on_8_devices_equals_the_run_on_1(runs):
+  expected = _final_state(runs['pgd on 1'], 1)
+  # pgd's LeNet-5 has no BatchNorm: its state is parameters, momentum and step.
+  assert any('trace' in name for name in expected) and "['step']" in expected
+  assert int(expected["['step']"]) == PGD_STEPS
+  _assert_states_close(_final_state(runs['pgd on 8'], DEVICES), expected)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+DIRECTIONS = {'8 -> 1': ('pgd on 8', 1), '1 -> 8': ('pgd on 1', DEVICES)}
+
+
+@pytest.fixture(scope='module')
+def resumed(runs, tmp_path_factory) -> dict:
+  """Direction -> a workdir holding only checkpoint RESUME_STEP of the run on the other
+  device count, trained on to PGD_STEPS (both directions at once)."""
+  root = tmp_path_factory.mktemp('resumed')
+  workdirs, processes = {}, []
+  for direction, (source, devices) in DIRECTIONS.items():
+    workdir = root / direction.replace(' -> ', '_to_')
+    shutil.copytree(runs[source] / 'checkpoints' / str(RESUME_STEP),
+                    workdir / 'checkpoints' / str(RESUME_STEP))
+    workdirs[direction] = workdir
+    processes.append(_train(workdir, devices, 'pgd', f'steps={PGD_STEPS}', 'dump_resumed=1'))
+  _finish(processes)
+  return workdirs
+
+
+@pytest.mark.parametrize('direction', sorted(DIRECTIONS))
+def test_a_checkpoint_restores_and_resumes_on_another_device_count(direction, runs, resumed):
+  import resume_harness  # noqa: E402  (imports JAX: only in the tests that need it)
+  source, devices = DIRECTIONS[direction]
+  workdir = resumed[direction]
+  assert _results(workdir)['resumed_from_step'] == RESUME_STEP
+
+  restored = _npz(workdir / 'resumed_state.npz')
+  # Restored onto every device of the new count, each array replicated.
+  assert set(restored.pop(resume_harness.DEVICES_KEY)) == {devices}
+  saved = _saved_checkpoint(runs[source], RESUME_STEP)
+  assert sorted(restored) == sorted(saved)
+  for name in saved:  # a restore is a copy of the bytes: exactly equal
+    np.testing.assert_array_equal(restored[name], saved[name], err_msg=name)
+
+  # Trained on from there, it ends where the uninterrupted run on that device count did.
+  final = _final_state(workdir, devices)
+  assert int(final["['step']"]) == PGD_STEPS
+  _assert_states_close(final, _final_state(runs[f'pgd on {devices}'], devices))
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _evaluate(workdir, devices: int, output) -> subprocess.Popen:
+  return _start(EVALUATE_HARNESS, devices, f'--workdir={workdir}', f'--output={output}',
+                *EVAL_FLAGS)
+
+
+def _correct_by_attack(report: dict) -> dict:
+  from l2lda_jax import robustness  # noqa: E402  (imports JAX)
+  return {name: robustness.unpack_correct(bits, report['num_examples'])
+          for name, bits in report['per_example_correct'].items()}
+
+
+def test_the_evaluation_table_on_8_devices_equals_the_one_on_1(runs, tmp_path):
+  """evaluate.py of a 1-device run's checkpoint on 1 and on 8 devices, same seed: the same
+  examples survive each attack. On 8 it restores the checkpoint onto all 8 devices and
+  pads its batches of 20 to 24."""
+  outputs = {devices: tmp_path / f'evaluation_{devices}.json' for devices in (1, DEVICES)}
+  _finish([_evaluate(runs['eval model'], devices, output)
+           for devices, output in outputs.items()])
+  reports = {}
+  for devices, output in outputs.items():
+    with open(output) as f:
+      reports[devices] = json.load(f)
+    assert reports[devices]['device_count'] == devices and reports[devices]['complete']
+  one, many = reports[1], reports[DEVICES]
+
+  correct = _correct_by_attack(one)
+  assert list(correct) == ['clean', 'fgsm', 'pgd3'] and one['num_examples'] == 48
+  clean = correct['clean'].mean()
+  for name in ('fgsm', 'pgd3'):  # the attacks break some examples, not all
+    assert 0 < correct[name].mean() < clean, (name, correct[name].mean(), clean)
+  assert many['per_example_correct'] == one['per_example_correct']
+  assert [(r['attack'], r['accuracy']) for r in many['rows']] == [
+      (r['attack'], r['accuracy']) for r in one['rows']]
+  assert many['worst_case_accuracy'] == one['worst_case_accuracy']
