@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.clean_warmup_steps = 1000
   # Classifier loss on [x; x_adv] (paper: L(x) + L(x_adv)); False: x_adv only (Madry).
   config.train.include_clean_loss = True
+  # Not in the paper: weight of GradAlign's penalty (l2lda_jax.regularizers) on every
+  # adversarial step, for studies of gradient masking; 0 = off (SPEC's loss).
+  config.train.grad_align_weight = 0.0
 
   # Attacks used to make training examples (SPEC sections 5, 6).
   config.attack = ml_collections.ConfigDict()

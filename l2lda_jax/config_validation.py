@@ -77,6 +77,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
   _require(train.learning_rate > 0, 'train.learning_rate', train.learning_rate, 'must be > 0')
   _require(0 <= train.momentum < 1, 'train.momentum', train.momentum, 'must be in [0, 1)')
   _require(train.weight_decay >= 0, 'train.weight_decay', train.weight_decay, 'must be >= 0')
+  _require(train.get('grad_align_weight', 0.0) >= 0, 'train.grad_align_weight',
+           train.get('grad_align_weight', 0.0), 'must be >= 0 (0 turns GradAlign off)')
   _require(train.grad_clip_norm > 0, 'train.grad_clip_norm', train.grad_clip_norm,
            'must be > 0')
   _require(0 < train.lr_decay_factor <= 1, 'train.lr_decay_factor', train.lr_decay_factor,

@@ -20,6 +20,7 @@ import optax
 
 from l2lda_jax import data as data_lib
 from l2lda_jax import optimizers
+from l2lda_jax import regularizers
 from l2lda_jax.attacks import learned
 from l2lda_jax.attacks.losses import cross_entropy
 from l2lda_jax.models.generator import Generator, z_live_units
@@ -44,6 +45,7 @@ class GameSettings:
   generator_updates: int = 1  # generator ascent steps per classifier update
   conv_impl: str = 'auto'  # l2lda_jax.models.convolution
   worst_draw_only: bool = False  # the classifier trains on each image's worst z draw only
+  grad_align_weight: float = 0.0  # regularizers.grad_align_penalty on the clean images
 
 
 def game_settings(config, num_classes: int) -> GameSettings:
@@ -61,7 +63,8 @@ def game_settings(config, num_classes: int) -> GameSettings:
   return GameSettings(options, g.diversity_weight, 2, g.z_dim,
                       num_classes if g.use_label else 0, g.width, g.updates_per_step,
                       config.get('conv_impl', 'auto'),
-                      g.get('classifier_sees', 'all_draws') == 'worst_draw')
+                      g.get('classifier_sees', 'all_draws') == 'worst_draw',
+                      config.train.get('grad_align_weight', 0.0))
 
 
 def make_generator(settings: GameSettings, channels: int) -> Generator:
@@ -166,7 +169,7 @@ def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: 
               data_config, base_key):
   """One iteration of Algorithm 1: generator ascent, then the classifier update."""
   key = jax.random.fold_in(base_key, state.step)
-  augment_key, z_key, start_key = jax.random.split(key, 3)
+  augment_key, z_key, start_key, penalty_key = jax.random.split(key, 4)
   x = data_lib.augment(augment_key, data_lib.to_float(images), data_config.crop_padding,
                        data_config.horizontal_flip)
   batch, draws = x.shape[0], settings.draws
@@ -198,8 +201,11 @@ def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: 
   inputs = jnp.concatenate([x, x_train])
   input_labels = jnp.concatenate([labels, y_train])
 
-  new_state, loss, logits, grads = optimizers.classifier_update(state, model, tx, inputs,
-                                                                input_labels)
+  penalty = regularizers.grad_align_penalty(settings.grad_align_weight, model,
+                                           state.batch_stats, x, labels,
+                                           settings.options.eps, penalty_key)
+  new_state, loss, logits, grads, penalty_value = optimizers.classifier_update(
+      state, model, tx, inputs, input_labels, penalty)
   new_state = new_state.replace(generator=new_gen)
   correct = jnp.argmax(logits, -1) == input_labels
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
@@ -208,6 +214,8 @@ def game_step(state, images, labels, *, model, generator, tx, gen_tx, settings: 
              'train_clean_accuracy': jnp.mean(correct[:batch]),
              'train_adv_accuracy': jnp.mean(correct[batch:]),
              **game_metrics(trace, x_rep, x_adv, settings.options.eps)}
+  if penalty is not None:
+    metrics['grad_align_penalty'] = penalty_value
   if draws == 2:
     metrics['diversity_last'] = trace.diversity[-1]
   if settings.z_dim > 0:

@@ -13,23 +13,27 @@ def clipped_sgd(learning_rate, momentum: float, weight_decay: float,
                      optax.sgd(learning_rate, momentum=momentum))
 
 
-def classifier_update(state, model, tx, inputs, labels):
-  """One step on CE_mean over `inputs`, the classifier in training mode (SPEC section 4).
+def classifier_update(state, model, tx, inputs, labels, penalty=None):
+  """One step on CE_mean over `inputs`, the classifier in training mode (SPEC section 4),
+  plus `penalty(params)` when given (a regularizer of l2lda_jax.regularizers, weighted).
 
   `state` is any struct with step, params, batch_stats and opt_state. Returns
-  (new_state, loss, logits, grads); the step counter advances by one.
+  (new_state, loss, logits, grads, penalty value); `loss` is the CE alone, the step counter
+  advances by one.
   """
 
   def loss_fn(params):
     logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
                                   inputs, train=True, mutable=['batch_stats'])
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-    return loss, (logits, updates)
+    extra = penalty(params) if penalty is not None else jnp.zeros(())
+    return loss + extra, (loss, extra, logits, updates)
 
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (loss, extra, logits, updates)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1,
                             params=optax.apply_updates(state.params, param_updates),
                             batch_stats=updates.get('batch_stats', state.batch_stats),
                             opt_state=opt_state)
-  return new_state, loss, logits, grads
+  return new_state, loss, logits, grads, extra

@@ -27,6 +27,7 @@ from l2lda_jax import evaluation
 from l2lda_jax import l2lda
 from l2lda_jax.attacks import l2lda_attack
 from l2lda_jax import optimizers
+from l2lda_jax import regularizers
 from l2lda_jax import sharding
 from l2lda_jax import summaries
 from l2lda_jax.config_validation import ConfigError, validate_config
@@ -118,14 +119,17 @@ def inference_apply(model):
 
 # ----------------------------------------------------------------------------- update step
 def train_step(state: TrainState, images, labels, *, model, tx, adversary, data_config,
-               include_clean_loss: bool, base_key):
+               include_clean_loss: bool, base_key, grad_align_weight: float = 0.0,
+               eps: float = 0.0):
   """One SGD step on clean (adversary None) or adversarial examples.
 
   The adversary sees the classifier in inference mode (running BN statistics);
-  the update runs it in training mode (SPEC section 4).
+  the update runs it in training mode (SPEC section 4). `grad_align_weight` > 0 adds
+  GradAlign's penalty on the clean images to adversarial steps (regularizers).
   """
   key = jax.random.fold_in(base_key, state.step)
   augment_key, attack_key = jax.random.split(key)
+  penalty_key = jax.random.fold_in(attack_key, 1)
   x = data_lib.augment(augment_key, data_lib.to_float(images), data_config.crop_padding,
                        data_config.horizontal_flip)
   batch = x.shape[0]
@@ -137,10 +141,14 @@ def train_step(state: TrainState, images, labels, *, model, tx, adversary, data_
     inputs = jnp.concatenate([x, x_adv]) if include_clean_loss else x_adv
     input_labels = jnp.concatenate([labels, labels]) if include_clean_loss else labels
 
-  new_state, loss, logits, grads = optimizers.classifier_update(state, model, tx, inputs,
-                                                                input_labels)
+  penalty = None if adversary is None else regularizers.grad_align_penalty(
+      grad_align_weight, model, state.batch_stats, x, labels, eps, penalty_key)
+  new_state, loss, logits, grads, penalty_value = optimizers.classifier_update(
+      state, model, tx, inputs, input_labels, penalty)
   correct = jnp.argmax(logits, -1) == input_labels
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+  if penalty is not None:
+    metrics['grad_align_penalty'] = penalty_value
   if adversary is None:
     metrics['train_clean_accuracy'] = jnp.mean(correct)
   elif include_clean_loss:
@@ -170,7 +178,9 @@ def make_train_steps(config, model, tx, num_classes: int, channels: int):
     return clean, jax.jit(game, donate_argnums=0)
   adversary = defenses.make_adversary(config)
   adv = None if adversary is None else jax.jit(
-      functools.partial(step, adversary=adversary), donate_argnums=0)
+      functools.partial(step, adversary=adversary,
+                        grad_align_weight=config.train.get('grad_align_weight', 0.0),
+                        eps=config.eps), donate_argnums=0)
   return clean, adv
 
 
