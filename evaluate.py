@@ -32,10 +32,13 @@ flags.DEFINE_integer('batch_size', 500, 'Evaluation batch size.')
 flags.DEFINE_integer('seed', 0, 'Seed of random starts, z draws and generator training.')
 flags.DEFINE_float('pgd_step_size', None, 'PGD step (default: eps/4 for k <= 20, else eps/12).')
 flags.DEFINE_list('surrogates', [], 'Workdirs of surrogate classifiers for --attacks=transfer.')
-flags.DEFINE_string('transfer_attack', 'pgd40', 'White-box attack run on each surrogate.')
+flags.DEFINE_string('transfer_attack', 'pgd40', 'White-box attack run on each surrogate: a '
+                    'gradient attack, or l2lda / l2l (a generator trained against it).')
 flags.DEFINE_integer('generator_steps', 1000, 'Training steps of the l2lda/l2l attack generator.')
 flags.DEFINE_integer('generator_draws', 10, 'z draws per image of the l2lda attack.')
 flags.DEFINE_integer('generator_unroll_steps', 10, 'T of the l2lda attack (SPEC section 6).')
+flags.DEFINE_string('generative_config_variant', '', 'Variant of configs/advgan.py and '
+                    'configs/gap.py for --attacks=advgan,gap (smoke: tiny, for tests).')
 flags.DEFINE_boolean('checks', False, 'Also run the sanity checks (see l2lda_jax/sanity.py).')
 flags.DEFINE_integer('check_examples', 1000, 'Test examples the sanity checks use.')
 flags.DEFINE_integer('check_pgd_steps', 20, 'k of the PGD-k vs PGD-2k convergence check.')
@@ -90,7 +93,8 @@ def main(argv):
         pgd_step_size=FLAGS.pgd_step_size, surrogates=FLAGS.surrogates,
         transfer_attack=FLAGS.transfer_attack, generator_steps=FLAGS.generator_steps,
         generator_draws=FLAGS.generator_draws,
-        generator_unroll_steps=FLAGS.generator_unroll_steps, checks=FLAGS.checks,
+        generator_unroll_steps=FLAGS.generator_unroll_steps,
+        generative_config_variant=FLAGS.generative_config_variant, checks=FLAGS.checks,
         check_examples=FLAGS.check_examples, check_pgd_steps=FLAGS.check_pgd_steps,
         large_eps=FLAGS.large_eps, figures_dir=FLAGS.figures_dir,
         figure_examples=FLAGS.figure_examples, progress=FLAGS.progress,

@@ -319,12 +319,17 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
     if not options.surrogates:
       raise EvaluationError('--attacks=transfer needs --surrogates=DIR1,DIR2,...')
     transfer_spec = parse_attack(options.transfer_attack)
-    if transfer_spec.kind not in ('fgsm', 'pgd', 'cw', 'mifgsm'):
-      raise EvaluationError(f'--transfer_attack: {transfer_spec.name!r} is not a gradient attack')
-    attack = gradient_attack(transfer_spec, eps, options.pgd_step_size)
+    if transfer_spec.kind not in ('fgsm', 'pgd', 'cw', 'mifgsm', 'l2lda', 'l2l'):
+      raise EvaluationError(f'--transfer_attack: {transfer_spec.name!r} is not a gradient '
+                            f'or L2L attack')
     evals = []
     for directory in options.surrogates:
       surrogate = restore_classifier(directory, 'best')
+      if transfer_spec.kind in ('l2lda', 'l2l'):  # Table 3's L2L-DA: trained on the surrogate
+        attack = train_learned_attack(transfer_spec.kind, surrogate, dataset.train, options,
+                                      eps, jax.random.fold_in(key, 1), log)
+      else:
+        attack = gradient_attack(transfer_spec, eps, options.pgd_step_size)
       name = f'transfer {transfer_spec.name} from {os.path.basename(os.path.normpath(directory))}'
       evals.append((name, transfer_batch_eval(classifier.apply_fn, surrogate, attack),
                     attack_key(base_key, transfer_spec)))
