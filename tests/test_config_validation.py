@@ -26,6 +26,7 @@ def test_shipped_configs_are_valid(module, variant):
     ('data.name', 'imagenet', 'config.data.name'),
     ('train.lr_decay_steps', (50, 10), 'config.train.lr_decay_steps'),
     ('generator.classifier_sees', 'best', 'config.generator.classifier_sees'),
+    ('train.grad_align_weight', -0.5, 'config.train.grad_align_weight'),
 ])
 def test_invalid_field_is_named(field, value, match):
   config = mnist.get_config('smoke')
