@@ -8,7 +8,6 @@ worst case (robust only if an image survives every attack run); writes the same 
 --output (default WORKDIR/evaluation.json). --checks adds the sanity checks.
 """
 
-import json
 import os
 import sys
 
@@ -59,20 +58,9 @@ flags.mark_flags_as_required(['workdir'])
 
 def write_report(report: dict, output: str) -> None:
   """The JSON report, with the command that made it; replaced as a whole (no torn file)."""
-  report = dict(report, command=' '.join(['python', sys.argv[0]] + sys.argv[1:]))
-  with open(output + '.tmp', 'w') as f:
-    json.dump(report, f, indent=2)
-  os.replace(output + '.tmp', output)
-
-
-def read_previous_report(output: str):
-  """The report at `output`, if there is a readable one (a torn or foreign file: None)."""
-  try:
-    with open(output) as f:
-      report = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return report if isinstance(report, dict) else None
+  from l2lda_jax.json_files import write_json_atomic
+  write_json_atomic(dict(report, command=' '.join(['python', sys.argv[0]] + sys.argv[1:])),
+                    output)
 
 
 def main(argv):
@@ -85,6 +73,7 @@ def main(argv):
   from l2lda_jax import robustness
   from l2lda_jax.attack_specs import AttackNameError, parse_attacks
   from l2lda_jax.data import DataError
+  from l2lda_jax.json_files import read_json_object
   try:
     options = robustness.EvalOptions(
         workdir=FLAGS.workdir, attacks=parse_attacks(FLAGS.attacks),
@@ -102,7 +91,7 @@ def main(argv):
     robustness.validate_options(options)
     output = FLAGS.output or os.path.join(FLAGS.workdir, 'evaluation.json')
     if FLAGS.resume:
-      options.previous_report = read_previous_report(output)
+      options.previous_report = read_json_object(output)
     report = robustness.evaluate(options, log=logging.info,
                                  on_row=lambda partial: write_report(partial, output))
   except (AttackNameError, DataError, robustness.EvaluationError) as e:

@@ -8,7 +8,8 @@ Runs evaluate.py's report (l2lda_jax.robustness.evaluate) on each checkpoint in
 WORKDIR/checkpoints, with `clean` added, and plots each attack's accuracy and the
 per-example worst case against the minute of training at which the checkpoint was saved
 (the wall clock of the run's TensorBoard events at that step, since its first logged
-step). It answers "how long would this recipe have to train to reach X". Use
+step; a run that was paused, or killed and resumed, counts only its working time: see
+`training_clock`). It answers "how long would this recipe have to train to reach X". Use
 --split=validation when the curve is used to choose anything.
 
 On a machine without TensorFlow (a lent GPU), `--snapshot=SPLITS.npz` evaluates there and
@@ -17,13 +18,15 @@ run's events and draws the plot here.
 """
 
 import argparse
+import glob
 import json
 import os
+import statistics
 import sys
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.training_curves import read_scalars  # noqa: E402
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
@@ -32,10 +35,49 @@ def checkpoint_steps(workdir: str) -> list[int]:
   return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
 
 
-def minute_of_step(scalars: dict, step: int) -> float:
+def read_event_times(workdir: str) -> list[list[tuple[int, float]]]:
+  """[(step, wall time)] of every logged event, one list per events file (process), oldest
+  file first."""
+  import tensorflow as tf
+  files = []
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*')),
+                     key=os.path.getmtime):
+    files.append([(int(event.step), event.wall_time)
+                  for event in tf.compat.v1.train.summary_iterator(path)
+                  if event.summary.value])
+  return [times for times in files if times]
+
+
+def training_clock(event_files: list[list[tuple[int, float]]],
+                   max_gap_s: float = 300.0) -> list[tuple[int, float]]:
+  """[(step, training seconds)] along the path the final model took.
+
+  Each events file is one process. Steps that a later process redid (it resumed from an
+  older checkpoint) are dropped from the earlier file. A gap longer than `max_gap_s`
+  between consecutive events (a paused process, the time between a kill and a resume) is
+  counted as one typical gap (the median), not as its wall time.
+  """
+  kept = []
+  for i, times in enumerate(event_files):
+    later_starts = [min(step for step, _ in later) for later in event_files[i + 1:]]
+    limit = min(later_starts, default=float('inf'))
+    kept += [(wall, step) for step, wall in times if step < limit]
+  kept.sort()
+  if not kept:
+    return []
+  gaps = [b[0] - a[0] for a, b in zip(kept, kept[1:])]
+  typical = statistics.median(gaps) if gaps else 0.0
+  clock, seconds = [(kept[0][1], 0.0)], 0.0
+  for gap, (_, step) in zip(gaps, kept[1:]):
+    seconds += gap if gap <= max_gap_s else typical
+    clock.append((step, seconds))
+  return clock
+
+
+def minute_of_step(clock: list[tuple[int, float]], step: int) -> float:
   """Training minutes at the first logged event at or after `step` (validation and saves
   happen at the same step)."""
-  times = [seconds for points in scalars.values() for s, seconds, _ in points if s >= step]
+  times = [seconds for s, seconds in clock if s >= step]
   return min(times) / 60 if times else float('nan')
 
 
@@ -45,17 +87,25 @@ def evaluate_checkpoints(args) -> list[dict]:
   if args.snapshot:
     from bench.snapshot import read_from_snapshot
     read_from_snapshot(args.snapshot)
-  scalars = {} if args.snapshot else read_scalars(args.workdir)  # events need TF; see --points
+  clock = [] if args.snapshot else training_clock(read_event_times(args.workdir))  # needs TF
   steps = checkpoint_steps(args.workdir)
+  if args.steps:
+    wanted = [int(step) for step in args.steps.split(',')]
+    missing = sorted(set(wanted) - set(steps))
+    if missing:
+      sys.exit(f'error: --steps: no checkpoint of step {missing} in {args.workdir}/checkpoints')
+    steps = wanted
+  else:
+    steps = steps[::args.every]
   points = []
-  for step in steps[::args.every]:
+  for step in steps:
     options = robustness.EvalOptions(
         workdir=args.workdir, attacks=parse_attacks(['clean'] + args.attacks.split(',')),
         checkpoint=str(step), split=args.split, num_examples=args.num_examples,
         batch_size=args.batch_size, progress=False)
     robustness.validate_options(options)
     report = robustness.evaluate(options, log=lambda *_: None)
-    point = {'step': step, 'minutes': minute_of_step(scalars, step),
+    point = {'step': step, 'minutes': minute_of_step(clock, step),
              'worst_case_accuracy': report['worst_case_accuracy'],
              **{row['attack']: row['accuracy'] for row in report['rows']}}
     print(json.dumps(point), flush=True)
@@ -63,7 +113,10 @@ def evaluate_checkpoints(args) -> list[dict]:
   return points
 
 
-def plot(points: list[dict], attacks: list[str], title: str, output: str) -> None:
+def plot(points: list[dict], attacks: list[str], title: str, output: str,
+         baseline: Optional[dict] = None) -> None:
+  """One line per attack and the worst case; `baseline` (another run's JSON from this
+  script) adds that run's worst case, dashed, for a side-by-side reading."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -73,6 +126,11 @@ def plot(points: list[dict], attacks: list[str], title: str, output: str) -> Non
     ax.plot(minutes, [p[name] for p in points], marker='o', markersize=3, label=name)
   ax.plot(minutes, [p['worst_case_accuracy'] for p in points], marker='s', color='black',
           label='per-example worst case')
+  if baseline:
+    name = os.path.basename(os.path.normpath(baseline['workdir']))
+    ax.plot([p['minutes'] for p in baseline['points']],
+            [p['worst_case_accuracy'] for p in baseline['points']], marker='s', color='gray',
+            linestyle='--', label=f'{name}: per-example worst case')
   ax.set_xlabel('training minutes (wall clock)')
   ax.set_ylabel('accuracy')
   ax.set_title(title, fontsize=9)
@@ -91,6 +149,11 @@ def main():
   parser.add_argument('--batch_size', type=int, default=500)
   parser.add_argument('--output', required=True, help='PNG path; the JSON goes beside it')
   parser.add_argument('--every', type=int, default=1, help='every n-th kept checkpoint')
+  parser.add_argument('--steps', default='', help='these checkpoint steps (comma list) '
+                      'instead of --every')
+  parser.add_argument('--baseline', default='',
+                      help='the JSON this script wrote for another run (same split and '
+                           'images): its worst case is drawn beside this one\'s')
   parser.add_argument('--snapshot', default='',
                       help='read the splits from bench/offline_data.py\'s snapshot (a machine '
                            'without TFDS); minutes are left out: add them with --points here')
@@ -101,15 +164,19 @@ def main():
   if args.points:
     with open(args.points) as f:
       points = [json.loads(line) for line in f if line.startswith('{')]
-    scalars = read_scalars(args.workdir)
+    clock = training_clock(read_event_times(args.workdir))
     for point in points:
-      point['minutes'] = minute_of_step(scalars, point['step'])
+      point['minutes'] = minute_of_step(clock, point['step'])
   else:
     points = evaluate_checkpoints(args)
   attacks = args.attacks.split(',')
   title = (f'{os.path.basename(os.path.normpath(args.workdir))}: {args.num_examples} '
            f'{args.split} images')
-  plot(points, attacks, title, args.output)
+  baseline = None
+  if args.baseline:
+    with open(args.baseline) as f:
+      baseline = json.load(f)
+  plot(points, attacks, title, args.output, baseline)
   with open(os.path.splitext(args.output)[0] + '.json', 'w') as f:
     json.dump({'workdir': args.workdir, 'split': args.split,
                'num_examples': args.num_examples, 'points': points}, f, indent=1)

@@ -6,8 +6,6 @@ Per image, the max and the std over the K draws; the figure shows the mean over 
 of both. L2L-DA's diversity shows as a larger spread than PGD's restarts.
 """
 
-import json
-import os
 from typing import Callable, Sequence
 
 import jax
@@ -108,7 +106,3 @@ def plot_accuracy_vs_eps(eps_values: Sequence[float], accuracies: Sequence[float
   plt.close(fig)
 
 
-def write_json(data: dict, path: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(data, f, indent=2)

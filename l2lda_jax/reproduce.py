@@ -33,6 +33,7 @@ import numpy as np
 
 from l2lda_jax import paper_tables
 from l2lda_jax import reproduction_report as report_lib
+from l2lda_jax.json_files import read_json_object, write_json_atomic
 from l2lda_jax.paper_tables import Column, Model, Table
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,23 +168,6 @@ def recorded_config_json(config) -> dict:
   return json.loads(resolved.to_json_best_effort())
 
 
-def read_json(path: str) -> Optional[dict]:
-  try:
-    with open(path) as f:
-      data = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return data if isinstance(data, dict) else None
-
-
-def write_json(data: dict, path: str) -> None:
-  """Replaced as a whole: an interrupted write leaves the previous file."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(data, f, indent=2)
-  os.replace(path + '.tmp', path)
-
-
 @dataclasses.dataclass
 class TrainedModel:
   model: Model
@@ -200,14 +184,14 @@ def ensure_trained(model: Model, seed: int, run: Reproduction) -> TrainedModel:
   flags = train_config_flags(model, run.scale, seed, run.overrides)
   command = command_line('train.py', flags + [f'--workdir={directory}'])
   config = config_from_flags(flags)
-  recorded = read_json(os.path.join(directory, 'config.json'))
+  recorded = read_json_object(os.path.join(directory, 'config.json'))
   if recorded is not None:
     differ = config_differences(recorded, recorded_config_json(config))
     if differ:
       raise ReproduceError(
           f'{directory} holds a run of another config (it differs in {", ".join(differ)}); '
           f'remove it or use another --workdir')
-  results = read_json(os.path.join(directory, 'results.json'))
+  results = read_json_object(os.path.join(directory, 'results.json'))
   if recorded is not None and results is not None:
     run.log(f'already trained: {model.name} seed {seed} ({directory})')
     return TrainedModel(model, seed, directory, command, results)
@@ -294,7 +278,7 @@ def ensure_evaluated(job: EvalJob, run: Reproduction) -> dict:
   """The job's report: reused when its --output holds a finished report of the same
   command, resumed when it holds an interrupted one, else run with evaluate.py's code."""
   from l2lda_jax import robustness
-  previous = read_json(job.output)
+  previous = read_json_object(job.output)
   same = previous is not None and previous.get('command') == job.command
   if same and previous.get('complete'):
     return previous
@@ -302,10 +286,10 @@ def ensure_evaluated(job: EvalJob, run: Reproduction) -> dict:
   options = eval_options(job, run.progress)
   robustness.validate_options(options)
   options.previous_report = previous if same else None
-  save = lambda report: write_json(dict(report, command=job.command), job.output)
+  save = lambda report: write_json_atomic(dict(report, command=job.command), job.output)
   report = robustness.evaluate(options, log=run.log, on_row=save)
   save(report)
-  return read_json(job.output)
+  return read_json_object(job.output)
 
 
 def row_correct(report: dict, row_name: str) -> tuple[float, np.ndarray]:
@@ -487,7 +471,7 @@ def reproduce_figure2(run: Reproduction) -> dict:
       job = figure2_job(trained.directory, figures_dir, scale)
       jobs.append(job.command)
       ensure_evaluated(job, run)
-      per_seed.append(final_losses(read_json(os.path.join(figures_dir, 'figure2.json'))))
+      per_seed.append(final_losses(read_json_object(os.path.join(figures_dir, 'figure2.json'))))
       pngs.append((k, os.path.relpath(os.path.join(figures_dir, 'figure2.png'), workdir)))
     cells = {label: {'ours': [losses[label] for losses in per_seed],
                      'paper': panel.paper_l2lda_final_loss if label == 'L2L-DA' else None}
@@ -561,7 +545,7 @@ def reproduce(target: str, scale_name: str, workdir: str, seeds: int = 1,
     report_lib.plot_ours_against_paper(result, os.path.join(workdir, result['png']))
     markdown = report_lib.table_markdown(result)
   result['wall_seconds_this_process'] = time.time() - start
-  write_json(result, os.path.join(workdir, f'{target}.json'))
+  write_json_atomic(result, os.path.join(workdir, f'{target}.json'))
   path = os.path.join(workdir, f'{target}.md')
   with open(path, 'w') as f:
     f.write(markdown)

@@ -30,6 +30,7 @@ from l2lda_jax.attack_specs import (AUTOATTACK_KINDS, GRADIENT_KINDS, SCORE_KIND
                                     parse_attack, pgd_step_size)
 from l2lda_jax.attacks import autoattack, l2lda_attack
 from l2lda_jax.config_validation import reaches
+from l2lda_jax.json_files import write_json_atomic
 from l2lda_jax.models import create_classifier
 
 
@@ -689,7 +690,7 @@ def make_figures(classifier: Classifier, test: data_lib.Split, options: EvalOpti
       'figure2.png', 'figure2.json', 'accuracy_vs_eps.png', 'accuracy_vs_eps.json')}
   title = f'{classifier.config.method} model, eps {eps:g}, {len(x)} test images'
   figures.plot_loss_curves(curves, paths['figure2.png'], title)
-  figures.write_json({'curves': curves, 'examples': len(x), 'eps': eps}, paths['figure2.json'])
+  write_json_atomic({'curves': curves, 'examples': len(x), 'eps': eps}, paths['figure2.json'])
 
   grid = sorted({round(eps * f, 6) for f in (0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)} |
                 {options.large_eps})
@@ -702,7 +703,7 @@ def make_figures(classifier: Classifier, test: data_lib.Split, options: EvalOpti
     accuracies.append(float(np.mean(correct)))
   figures.plot_accuracy_vs_eps(grid, accuracies, paths['accuracy_vs_eps.png'],
                                f'{spec.name}, {title}')
-  figures.write_json({'attack': spec.name, 'eps': grid, 'accuracy': accuracies,
+  write_json_atomic({'attack': spec.name, 'eps': grid, 'accuracy': accuracies,
                       'examples': len(x)}, paths['accuracy_vs_eps.json'])
   log(f'figures written to {options.figures_dir}')
   return paths

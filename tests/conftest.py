@@ -4,6 +4,7 @@ import os
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,6 +83,25 @@ def learnable_mnist_mock(num_examples: int = 256):
 
 SLOW_TESTS_VARIABLE = 'L2LDA_SLOW_TESTS'
 
+
+
+def finish_processes(processes, timeout_s: float) -> None:
+  """Waits for every subprocess; on a failure or a timeout kills the rest first (a peer
+  of a multi-process run would wait for the dead one forever), then asserts each exited 0."""
+  try:
+    errors = [p.communicate(timeout=timeout_s)[1] for p in processes]
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+  for p, stderr in zip(processes, errors):
+    assert p.returncode == 0, stderr[-3000:]
+
+
+def read_npz(path) -> dict:
+  """Every array of a .npz file, by name, loaded (the file closed again)."""
+  with np.load(path) as saved:
+    return {name: saved[name] for name in saved.files}
 
 def pytest_configure(config):
   config.addinivalue_line('markers', f'slow: minutes of CPU; runs only with {SLOW_TESTS_VARIABLE}=1')

@@ -17,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import finish_processes, read_npz
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(ROOT, 'tests', 'resume_harness.py')
 EVALUATE_HARNESS = os.path.join(ROOT, 'tests', 'evaluate_harness.py')
@@ -47,32 +49,15 @@ def _train(workdir, devices: int, method: str, *options) -> subprocess.Popen:
   return _start(HARNESS, devices, workdir, method, 0, *options)
 
 
-def _finish(processes) -> None:
-  """Waits for all of them; on a failure (or timeout) kills the rest first."""
-  try:
-    errors = [p.communicate(timeout=TIMEOUT_S)[1] for p in processes]
-  finally:
-    for p in processes:
-      if p.poll() is None:
-        p.kill()
-  for p, stderr in zip(processes, errors):
-    assert p.returncode == 0, stderr[-3000:]
-
-
 # ----------------------------------------------------------------------------- reading runs
 def _results(workdir) -> dict:
   with open(os.path.join(workdir, 'results.json')) as f:
     return json.load(f)
 
 
-def _npz(path) -> dict:
-  with np.load(path) as saved:
-    return {name: saved[name] for name in saved.files}
-
-
 def _final_state(workdir, devices: int) -> dict:
   assert _results(workdir)['devices'] == devices  # the run really was spread over them
-  return _npz(os.path.join(workdir, 'final_params.npz'))
+  return read_npz(os.path.join(workdir, 'final_params.npz'))
 
 
 def _saved_checkpoint(workdir, step: int) -> dict:
@@ -97,7 +82,7 @@ def _assert_states_close(got: dict, expected: dict) -> None:
 @pytest.mark.parametrize('devices', [DEVICES])
 def test_an_l2lda_run_on_8_devices_equals_the_run_on_1(devices, tmp_path):
   one, many = tmp_path / 'one', tmp_path / 'many'
-  _finish([_train(one, 1, 'l2lda'), _train(many, devices, 'l2lda')])
+  finish_processes([_train(one, 1, 'l2lda'), _train(many, devices, 'l2lda')], TIMEOUT_S)
   expected = _final_state(one, 1)
   generator_stats = [name for name in expected if 'generator' in name and 'batch_stats' in name]
   assert generator_stats  # the conditional BN statistics are compared too
@@ -111,9 +96,10 @@ def runs(tmp_path_factory) -> dict:
   root = tmp_path_factory.mktemp('runs')
   workdirs = {name: root / name.replace(' ', '_')
               for name in ('pgd on 1', 'pgd on 8', 'eval model')}
-  _finish([_train(workdirs['pgd on 1'], 1, 'pgd', f'steps={PGD_STEPS}'),
-           _train(workdirs['pgd on 8'], DEVICES, 'pgd', f'steps={PGD_STEPS}'),
-           _train(workdirs['eval model'], 1, 'plain', *EVAL_MODEL_OPTIONS)])
+  finish_processes([_train(workdirs['pgd on 1'], 1, 'pgd', f'steps={PGD_STEPS}'),
+                    _train(workdirs['pgd on 8'], DEVICES, 'pgd', f'steps={PGD_STEPS}'),
+                    _train(workdirs['eval model'], 1, 'plain', *EVAL_MODEL_OPTIONS)],
+                   TIMEOUT_S)
   return workdirs
 
 
@@ -141,7 +127,7 @@ def resumed(runs, tmp_path_factory) -> dict:
                     workdir / 'checkpoints' / str(RESUME_STEP))
     workdirs[direction] = workdir
     processes.append(_train(workdir, devices, 'pgd', f'steps={PGD_STEPS}', 'dump_resumed=1'))
-  _finish(processes)
+  finish_processes(processes, TIMEOUT_S)
   return workdirs
 
 
@@ -152,7 +138,7 @@ def test_a_checkpoint_restores_and_resumes_on_another_device_count(direction, ru
   workdir = resumed[direction]
   assert _results(workdir)['resumed_from_step'] == RESUME_STEP
 
-  restored = _npz(workdir / 'resumed_state.npz')
+  restored = read_npz(workdir / 'resumed_state.npz')
   # Restored onto every device of the new count, each array replicated.
   assert set(restored.pop(resume_harness.DEVICES_KEY)) == {devices}
   saved = _saved_checkpoint(runs[source], RESUME_STEP)
@@ -183,8 +169,8 @@ def test_the_evaluation_table_on_8_devices_equals_the_one_on_1(runs, tmp_path):
   examples survive each attack. On 8 it restores the checkpoint onto all 8 devices and
   pads its batches of 20 to 24."""
   outputs = {devices: tmp_path / f'evaluation_{devices}.json' for devices in (1, DEVICES)}
-  _finish([_evaluate(runs['eval model'], devices, output)
-           for devices, output in outputs.items()])
+  finish_processes([_evaluate(runs['eval model'], devices, output)
+                    for devices, output in outputs.items()], TIMEOUT_S)
   reports = {}
   for devices, output in outputs.items():
     with open(output) as f:

@@ -18,11 +18,13 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import finish_processes, read_npz
 from l2lda_jax import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(ROOT, 'tests', 'resume_harness.py')
 STEPS = 4  # step 0 clean, steps 1-3 the game; checkpoints at 2 and 4
+TIMEOUT_S = 900  # per process: the two peers compile the training loop side by side
 
 
 # ----------------------------------------------------------------------------- when to start
@@ -89,21 +91,8 @@ def _harness(workdir, *options) -> subprocess.Popen:
                           stderr=subprocess.PIPE, text=True)
 
 
-def _finish(processes) -> None:
-  """Waits for all; on a failure kills the rest (they would wait for their peer) first."""
-  try:
-    errors = [p.communicate(timeout=900)[1] for p in processes]
-  finally:
-    for p in processes:
-      if p.poll() is None:
-        p.kill()
-  for p, stderr in zip(processes, errors):
-    assert p.returncode == 0, stderr[-3000:]
-
-
 def _final_state(workdir) -> dict:
-  with np.load(os.path.join(workdir, 'final_params.npz')) as saved:
-    return {name: saved[name] for name in saved.files}
+  return read_npz(os.path.join(workdir, 'final_params.npz'))
 
 
 def _checkpoint_params(workdir, step: int) -> dict:
@@ -121,12 +110,12 @@ def _checkpoint_params(workdir, step: int) -> dict:
 @pytest.mark.slow  # ~2 minutes on 2 idle cores: three processes compile the training loop
 def test_two_processes_resume_and_end_with_the_one_process_state(tmp_path):
   one, two = tmp_path / 'one', tmp_path / 'two'
-  _finish([_harness(one)])
+  finish_processes([_harness(one)], TIMEOUT_S)
   # The 2-process run starts from the 1-process run's step-2 checkpoint.
   shutil.copytree(one / 'checkpoints' / '2', two / 'checkpoints' / '2')
   address = f'localhost:{_free_port()}'
-  _finish([_harness(two, f'coordinator_address={address}', 'num_processes=2',
-                    f'process_id={i}') for i in (1, 0)])
+  finish_processes([_harness(two, f'coordinator_address={address}', 'num_processes=2',
+                            f'process_id={i}') for i in (1, 0)], TIMEOUT_S)
 
   with open(two / 'results.json') as f:
     report = json.load(f)

@@ -1,0 +1,29 @@
+"""bench/robustness_vs_minutes.training_clock: working time of a paused or resumed run."""
+
+import pytest
+
+from bench.robustness_vs_minutes import minute_of_step, training_clock
+
+
+def test_uninterrupted_run_is_its_wall_clock():
+  events = [[(0, 100.0), (100, 120.0), (200, 140.0), (300, 160.0)]]
+  assert training_clock(events) == [(0, 0.0), (100, 20.0), (200, 40.0), (300, 60.0)]
+
+
+def test_a_pause_counts_as_one_typical_gap():
+  # Paused for 1,000 s between steps 200 and 300 (SIGSTOP): counted as 20 s, the median gap.
+  events = [[(0, 0.0), (100, 20.0), (200, 40.0), (300, 1040.0), (400, 1060.0)]]
+  clock = dict(training_clock(events, max_gap_s=300))
+  assert clock[300] == pytest.approx(60.0)
+  assert clock[400] == pytest.approx(80.0)
+
+
+def test_steps_redone_after_a_resume_are_counted_once():
+  # Killed after step 300, resumed an hour later from the checkpoint at 200: the first
+  # process's step 200 and 300 were redone, so only the second process's count.
+  first = [(0, 0.0), (100, 20.0), (200, 40.0), (300, 60.0)]
+  second = [(200, 3660.0), (300, 3680.0), (400, 3700.0)]
+  clock = training_clock([first, second], max_gap_s=300)
+  assert [step for step, _ in clock] == [0, 100, 200, 300, 400]
+  assert dict(clock)[400] == pytest.approx(80.0)
+  assert minute_of_step(clock, 250) == pytest.approx(60.0 / 60)
