@@ -36,6 +36,8 @@ flags.DEFINE_integer('repeats', 3, 'Timed steps per implementation (median repor
 flags.DEFINE_boolean('torch', True, 'Also time the PyTorch-eager reference.')
 flags.DEFINE_string('json', '', 'Write the results here as JSON too.')
 flags.DEFINE_string('torch_device', '', 'cpu or cuda (default: cuda when JAX runs on a GPU).')
+flags.DEFINE_integer('batch_size', 0, 'Override every case\'s batch (0: the case\'s own), e.g. '
+                     'a multiple of the device count for a multi-device run.')
 
 # name -> (method, batch, T, generator width); batch is before L2L-DA's doubling.
 CASES = {
@@ -133,12 +135,16 @@ def main(argv):
   on_gpu = jax.default_backend() == 'gpu'
   peak = matmul_peak_flops(8192 if on_gpu else 2048)
   torch_device = FLAGS.torch_device or ('cuda' if on_gpu else 'cpu')
-  print(f'devices: {jax.devices()}  measured f32 matmul peak: {peak / 1e9:.1f} GFLOP/s  '
+  print(f'devices: {jax.device_count()} x {jax.devices()[0].platform}  '
+        f'measured f32 matmul peak: {peak / 1e9:.1f} GFLOP/s  '
         f'PyTorch on: {torch_device}  malloc keeps freed memory: {KEPT_FREED_MEMORY}')
   rows = []
   for name in FLAGS.only or list(CASES):
     config = case_config(name)
-    result = dict(name=name, batch=config.train.batch_size, **time_jax_step(config, FLAGS.repeats))
+    if FLAGS.batch_size:
+      config.train.batch_size = FLAGS.batch_size
+    result = dict(name=name, batch=config.train.batch_size, devices=jax.device_count(),
+                  **time_jax_step(config, FLAGS.repeats))
     if FLAGS.torch:
       torch_result = time_torch_step(config, FLAGS.repeats, torch_device)
       result['torch_median_s'] = torch_result['median_s']

@@ -28,7 +28,6 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-
 def checkpoint_steps(workdir: str) -> list[int]:
   """The steps of WORKDIR/checkpoints/<step>, ascending."""
   folder = os.path.join(workdir, 'checkpoints')
@@ -52,16 +51,21 @@ def training_clock(event_files: list[list[tuple[int, float]]],
                    max_gap_s: float = 300.0) -> list[tuple[int, float]]:
   """[(step, training seconds)] along the path the final model took.
 
-  Each events file is one process. Steps that a later process redid (it resumed from an
-  older checkpoint) are dropped from the earlier file. A gap longer than `max_gap_s`
-  between consecutive events (a paused process, the time between a kill and a resume) is
-  counted as one typical gap (the median), not as its wall time.
+  Each events file is one process; a step's time is that of its first event (one event
+  per scalar). Steps that a later process redid (it resumed from an older checkpoint) are
+  dropped from the earlier file. A gap longer than `max_gap_s` between consecutive logged
+  steps (a paused process, the time between a kill and a resume) is counted as one
+  typical gap (the median), not as its wall time.
   """
   kept = []
   for i, times in enumerate(event_files):
     later_starts = [min(step for step, _ in later) for later in event_files[i + 1:]]
     limit = min(later_starts, default=float('inf'))
-    kept += [(wall, step) for step, wall in times if step < limit]
+    first_wall = {}
+    for step, wall in times:
+      if step < limit:
+        first_wall[step] = min(wall, first_wall.get(step, wall))
+    kept += [(wall, step) for step, wall in first_wall.items()]
   kept.sort()
   if not kept:
     return []

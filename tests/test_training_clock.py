@@ -11,8 +11,10 @@ def test_uninterrupted_run_is_its_wall_clock():
 
 
 def test_a_pause_counts_as_one_typical_gap():
-  # Paused for 1,000 s between steps 200 and 300 (SIGSTOP): counted as 20 s, the median gap.
-  events = [[(0, 0.0), (100, 20.0), (200, 40.0), (300, 1040.0), (400, 1060.0)]]
+  # Paused for 1,000 s between steps 200 and 300 (SIGSTOP): counted as 20 s, the median gap
+  # between logged steps (several scalars share a step; their events are one step's time).
+  events = [[(0, 0.0), (0, 0.1), (100, 20.0), (100, 20.1), (200, 40.0), (300, 1040.0),
+             (300, 1040.1), (400, 1060.0)]]
   clock = dict(training_clock(events, max_gap_s=300))
   assert clock[300] == pytest.approx(60.0)
   assert clock[400] == pytest.approx(80.0)
