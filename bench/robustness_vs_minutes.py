@@ -118,7 +118,8 @@ def evaluate_checkpoints(args) -> list[dict]:
 
 
 def plot(points: list[dict], attacks: list[str], title: str, output: str,
-         baseline: Optional[dict] = None) -> None:
+         baseline: Optional[dict] = None,
+         xlabel: str = 'training minutes (wall clock)') -> None:
   """One line per attack and the worst case; `baseline` (another run's JSON from this
   script) adds that run's worst case, dashed, for a side-by-side reading."""
   import matplotlib
@@ -135,7 +136,7 @@ def plot(points: list[dict], attacks: list[str], title: str, output: str,
     ax.plot([p['minutes'] for p in baseline['points']],
             [p['worst_case_accuracy'] for p in baseline['points']], marker='s', color='gray',
             linestyle='--', label=f'{name}: per-example worst case')
-  ax.set_xlabel('training minutes (wall clock)')
+  ax.set_xlabel(xlabel)
   ax.set_ylabel('accuracy')
   ax.set_title(title, fontsize=9)
   ax.grid(alpha=0.3)
@@ -155,6 +156,10 @@ def main():
   parser.add_argument('--every', type=int, default=1, help='every n-th kept checkpoint')
   parser.add_argument('--steps', default='', help='these checkpoint steps (comma list) '
                       'instead of --every')
+  parser.add_argument('--steps_per_minute', type=float, default=0.0,
+                      help='minutes = step / this (a run whose wall clock was inflated by '
+                           'other jobs, timed at its measured quiet rate) instead of the '
+                           'events\' clock')
   parser.add_argument('--baseline', default='',
                       help='the JSON this script wrote for another run (same split and '
                            'images): its worst case is drawn beside this one\'s')
@@ -173,6 +178,10 @@ def main():
       point['minutes'] = minute_of_step(clock, point['step'])
   else:
     points = evaluate_checkpoints(args)
+  if args.steps_per_minute:
+    for point in points:
+      point['wall_minutes'] = point['minutes']
+      point['minutes'] = point['step'] / args.steps_per_minute
   attacks = args.attacks.split(',')
   title = (f'{os.path.basename(os.path.normpath(args.workdir))}: {args.num_examples} '
            f'{args.split} images')
@@ -180,7 +189,9 @@ def main():
   if args.baseline:
     with open(args.baseline) as f:
       baseline = json.load(f)
-  plot(points, attacks, title, args.output, baseline)
+  xlabel = (f'training minutes at {args.steps_per_minute:.0f} steps/min' if args.steps_per_minute
+            else 'training minutes (wall clock)')
+  plot(points, attacks, title, args.output, baseline, xlabel)
   with open(os.path.splitext(args.output)[0] + '.json', 'w') as f:
     json.dump({'workdir': args.workdir, 'split': args.split,
                'num_examples': args.num_examples, 'points': points}, f, indent=1)
