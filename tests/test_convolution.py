@@ -37,6 +37,13 @@ def _value_and_grads(conv, x, kernel, cotangent_key):
   return out, vjp(jax.random.normal(cotangent_key, out.shape))
 
 
+def _all_value_and_grads(convs, x, kernel, cotangent_key):
+  """_value_and_grads of each conv, all in one compiled program (one XLA compilation
+  instead of one per operation and shape: most of this file's time on a 2-core CPU)."""
+  return jax.jit(lambda v, k, key: [_value_and_grads(conv, v, k, key) for conv in convs])(
+      x, kernel, cotangent_key)
+
+
 def _assert_close(got, want):
   scale = float(jnp.max(jnp.abs(want))) or 1.0
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5 * scale, rtol=1e-4)
@@ -48,11 +55,11 @@ def test_every_cpu_form_equals_xlas_convolution_with_gradients(name, x_shape, k_
                                                                padding, forms):
   x, kernel, key = _inputs(x_shape, k_shape)
   native = lambda v, k: convolution.conv2d(v, k, stride=stride, padding=padding, impl='native')
-  want, want_grads = _value_and_grads(native, x, kernel, key)
-  for form in forms:
-    cpu = lambda v, k, form=form: convolution.conv2d(v, k, stride=stride, padding=padding,
+  cpus = [lambda v, k, form=form: convolution.conv2d(v, k, stride=stride, padding=padding,
                                                      impl='cpu', cpu_form=form)
-    got, got_grads = _value_and_grads(cpu, x, kernel, key)
+          for form in forms]
+  (want, want_grads), *results = _all_value_and_grads([native, *cpus], x, kernel, key)
+  for form, (got, got_grads) in zip(forms, results):
     assert got.shape == want.shape, (name, form)
     _assert_close(got, want)
     for g, w in zip(got_grads, want_grads):  # d/d input, d/d kernel
@@ -63,9 +70,9 @@ def test_every_cpu_form_equals_xlas_convolution_with_gradients(name, x_shape, k_
                          ids=[c[0] for c in TRANSPOSE_SHAPES])
 def test_transposed_conv_phases_equal_xlas_with_gradients(name, x_shape, k_shape):
   x, kernel, key = _inputs(x_shape, k_shape)
-  run = lambda impl: _value_and_grads(
-      lambda v, k: convolution.conv_transpose_k4s2p1(v, k, impl=impl), x, kernel, key)
-  (want, want_grads), (got, got_grads) = run('native'), run('cpu')
+  conv = lambda impl: lambda v, k: convolution.conv_transpose_k4s2p1(v, k, impl=impl)
+  (want, want_grads), (got, got_grads) = _all_value_and_grads(
+      [conv('native'), conv('cpu')], x, kernel, key)
   assert got.shape == want.shape == (x_shape[0], 2 * x_shape[1], 2 * x_shape[2], k_shape[-1])
   _assert_close(got, want)
   for g, w in zip(got_grads, want_grads):
@@ -85,17 +92,19 @@ def test_auto_is_the_matmul_forms_on_cpu_and_bad_names_are_refused():
 
 def test_a_checkpoint_runs_the_same_under_either_implementation():
   """Same parameters, same logits: a run can move between a CPU and a GPU."""
+  # Jitted: one compilation each instead of one per operation.
   x = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
-  variables = LeNet5(conv_impl='cpu').init(jax.random.PRNGKey(1), x)
+  variables = jax.jit(LeNet5(conv_impl='cpu').init)(jax.random.PRNGKey(1), x)
   assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
-      LeNet5(conv_impl='native').init(jax.random.PRNGKey(1), x))
-  _assert_close(LeNet5(conv_impl='cpu').apply(variables, x),
-                LeNet5(conv_impl='native').apply(variables, x))
+      jax.eval_shape(LeNet5(conv_impl='native').init, jax.random.PRNGKey(1), x))
+  lenet = lambda impl: jax.jit(LeNet5(conv_impl=impl).apply)(variables, x)
+  _assert_close(lenet('cpu'), lenet('native'))
 
   inputs = jax.random.normal(jax.random.PRNGKey(2), (4, 28, 28, 3))
   z = jax.random.normal(jax.random.PRNGKey(3), (4, 8))
   labels = jnp.arange(4)
   generator = lambda impl: Generator(out_channels=1, width=8, conv_impl=impl)
-  gen_vars = generator('cpu').init(jax.random.PRNGKey(4), inputs, z, labels)
-  run = lambda impl: generator(impl).apply(gen_vars, inputs, z, labels, train=False)
+  gen_vars = jax.jit(generator('cpu').init)(jax.random.PRNGKey(4), inputs, z, labels)
+  run = lambda impl: jax.jit(lambda v: generator(impl).apply(v, inputs, z, labels,
+                                                             train=False))(gen_vars)
   _assert_close(run('cpu'), run('native'))

@@ -9,19 +9,27 @@ import pytest
 from l2lda_jax.models.generator import ConditionalBatchNorm, Generator, conv_transpose_k4s2p1
 
 
+# Each test jits its whole computation: one XLA compilation instead of one per operation
+# (op-by-op dispatch compiles every primitive of every shape, seconds on a busy 2-core CPU).
 def _init(generator, n=4, hw=28, c=1, seed=0):
   inputs = jax.random.normal(jax.random.PRNGKey(seed), (n, hw, hw, 3 * c))
   z = jax.random.normal(jax.random.PRNGKey(seed + 1), (n, generator.z_dim))
   labels = jnp.arange(n) % 10
-  variables = generator.init(jax.random.PRNGKey(seed + 2), inputs, z, labels)
+  variables = jax.jit(generator.init)(jax.random.PRNGKey(seed + 2), inputs, z, labels)
   return variables, inputs, z, labels
 
 
 @pytest.mark.parametrize('hw,c', [(28, 1), (32, 3)])
 def test_output_has_image_shape(hw, c):
+  """Shapes only: eval_shape traces init and apply without compiling them."""
   generator = Generator(out_channels=c, width=8)
-  variables, inputs, z, labels = _init(generator, hw=hw, c=c)
-  out, _ = generator.apply(variables, inputs, z, labels, train=True, mutable=['batch_stats'])
+  inputs = jax.ShapeDtypeStruct((4, hw, hw, 3 * c), jnp.float32)
+  z = jax.ShapeDtypeStruct((4, generator.z_dim), jnp.float32)
+  labels = jax.ShapeDtypeStruct((4,), jnp.int32)
+  variables = jax.eval_shape(generator.init, jax.random.PRNGKey(0), inputs, z, labels)
+  out, _ = jax.eval_shape(lambda v, *a: generator.apply(v, *a, train=True,
+                                                        mutable=['batch_stats']),
+                          variables, inputs, z, labels)
   assert out.shape == (4, hw, hw, c)
 
 
@@ -46,8 +54,8 @@ def test_paper_width_layer_shapes_and_inits():
 def test_label_enters_only_through_conditional_batch_norm():
   generator = Generator(out_channels=1, width=8)
   variables, inputs, z, _ = _init(generator)
-  run = lambda v, labels: generator.apply(v, inputs, z, labels, train=True,
-                                          mutable=['batch_stats'])[0]
+  run = jax.jit(lambda v, labels: generator.apply(v, inputs, z, labels, train=True,
+                                                  mutable=['batch_stats'])[0])
   ones, sevens = jnp.ones(4, jnp.int32), jnp.full(4, 7, jnp.int32)
   assert not np.allclose(run(variables, ones), run(variables, sevens))
   # With the per-class tables zeroed, the label has no path left to the output.
@@ -61,8 +69,8 @@ def test_plain_batch_norm_ablation_ignores_the_label():
   generator = Generator(out_channels=1, width=8, num_classes=0)
   variables, inputs, z, _ = _init(generator)
   assert 'gamma_class' not in variables['params']['up1_bn']
-  run = lambda labels: generator.apply(variables, inputs, z, labels, train=True,
-                                       mutable=['batch_stats'])[0]
+  run = jax.jit(lambda labels: generator.apply(variables, inputs, z, labels, train=True,
+                                               mutable=['batch_stats'])[0])
   np.testing.assert_array_equal(run(jnp.zeros(4, jnp.int32)), run(jnp.ones(4, jnp.int32)))
 
 
@@ -71,11 +79,11 @@ def test_conditional_bn_formula():
   x = jax.random.normal(jax.random.PRNGKey(0), (6, 2, 2, 3)) * 3 + 1
   labels = jnp.array([0, 1, 2, 0, 1, 2])
   cbn = ConditionalBatchNorm(num_classes=3)
-  variables = cbn.init(jax.random.PRNGKey(1), x, labels, train=True)
+  variables = jax.jit(lambda *a: cbn.init(*a, train=True))(jax.random.PRNGKey(1), x, labels)
   p = variables['params']
   p = dict(p, beta_class=jax.random.normal(jax.random.PRNGKey(2), (3, 3)))
-  out, _ = cbn.apply({'params': p, 'batch_stats': variables['batch_stats']}, x, labels,
-                     train=True, mutable=['batch_stats'])
+  out, _ = jax.jit(lambda v, *a: cbn.apply(v, *a, train=True, mutable=['batch_stats']))(
+      {'params': p, 'batch_stats': variables['batch_stats']}, x, labels)
   mean, var = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2))
   x_hat = (x - mean) / jnp.sqrt(var + 1e-10)
   gamma = p['gamma_shared'] + p['gamma_class'][labels]
@@ -123,13 +131,15 @@ def test_tap_convolutions_equal_the_flax_layers_they_replace(size):
        kernel3, x),
   ]
   for ours, reference, kernel, inputs in pairs:
-    params = {'params': {'kernel': kernel}}
-    expected = reference.apply(params, inputs)
-    np.testing.assert_allclose(ours.apply(params, inputs), expected, atol=1e-4, rtol=1e-5)
-    grad = lambda module: jax.grad(
-        lambda k, v: jnp.sum(jnp.sin(module.apply({'params': {'kernel': k}}, v))),
-        argnums=(0, 1))(kernel, inputs)
-    for got, want in zip(grad(ours), grad(reference)):
+    run = lambda module, k, v: module.apply({'params': {'kernel': k}}, v)
+    grad = lambda module, k, v: jax.grad(lambda k, v: jnp.sum(jnp.sin(run(module, k, v))),
+                                         argnums=(0, 1))(k, v)
+    # One compiled program per pair: both layers' outputs and gradients.
+    (out, grads), (expected, expected_grads) = jax.jit(lambda k, v: tuple(
+        (run(module, k, v), grad(module, k, v)) for module in (ours, reference)))(
+            kernel, inputs)
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-5)
+    for got, want in zip(grads, expected_grads):
       np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-4)
 
 
@@ -143,10 +153,13 @@ def test_every_tap_form_is_a_valid_convolution(form, kh, kw):
   reference = lambda v, k: jax.lax.conv_general_dilated(
       v, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   ours = lambda v, k: conv_taps(v, k, form)
-  np.testing.assert_allclose(ours(x, kernel), reference(x, kernel), atol=1e-4, rtol=1e-5)
-  grad = lambda conv: jax.grad(lambda v, k: jnp.sum(jnp.sin(conv(v, k))), argnums=(0, 1))(
-      x, kernel)
-  for got, want in zip(grad(ours), grad(reference)):
+  grad = lambda conv, v, k: jax.grad(lambda v, k: jnp.sum(jnp.sin(conv(v, k))),
+                                     argnums=(0, 1))(v, k)
+  # One compiled program: both convolutions' values and gradients.
+  (out, grads), (expected, expected_grads) = jax.jit(lambda v, k: tuple(
+      (conv(v, k), grad(conv, v, k)) for conv in (ours, reference)))(x, kernel)
+  np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-5)
+  for got, want in zip(grads, expected_grads):
     np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-4)
 
 
@@ -181,11 +194,13 @@ def test_encoder_convs_with_tiled_features_equal_convs_over_the_concatenation(si
     run_ours = lambda kern, v, u: ours.apply({'params': {'kernel': kern}}, v, u)
     run_reference = lambda kern, v, u: reference.apply(
         {'params': {'kernel': kern}}, jnp.concatenate([v, tile(u)], axis=-1))
-    np.testing.assert_allclose(run_ours(kernel, x, z), run_reference(kernel, x, z),
-                               atol=1e-4, rtol=1e-5)
-    grad = lambda run: jax.grad(lambda *a: jnp.sum(jnp.sin(run(*a))), argnums=(0, 1, 2))(
-        kernel, x, z)
-    for got, want in zip(grad(run_ours), grad(run_reference)):
+    grad = lambda run, *a: jax.grad(lambda *a: jnp.sum(jnp.sin(run(*a))),
+                                    argnums=(0, 1, 2))(*a)
+    # One compiled program per pair: both layers' values and gradients.
+    (out, grads), (expected, expected_grads) = jax.jit(lambda *a: tuple(
+        (run(*a), grad(run, *a)) for run in (run_ours, run_reference)))(kernel, x, z)
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-5)
+    for got, want in zip(grads, expected_grads):
       np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-4)
 
 
@@ -228,8 +243,9 @@ def test_generator_equals_the_plain_concatenating_network():
                                 inputs, z, labels, train=True, mutable=['batch_stats'])
     return jnp.sum(jnp.sin(3.0 * out)), (out, updates)
 
-  results = [jax.grad(lambda *a: loss(module, *a), argnums=(0, 1, 2), has_aux=True)(
-      variables['params'], inputs, z) for module in (generator, reference)]
+  results = [jax.jit(jax.grad(lambda *a, m=module: loss(m, *a), argnums=(0, 1, 2),
+                              has_aux=True))(variables['params'], inputs, z)
+             for module in (generator, reference)]
   (grads, (out, stats)), (ref_grads, (ref_out, ref_stats)) = results
   np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-4)
   for got, want in zip(jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(ref_stats)):

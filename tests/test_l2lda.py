@@ -29,6 +29,15 @@ def _one_game_step(config, image_shape, batch=4):
   return before, after, metrics
 
 
+@pytest.fixture(scope='module')
+def mnist_game_step():
+  """(config, (before, after, metrics)): one L2L-DA game step (k = 1) of configs/mnist.py:smoke,
+  shared by the tests that read it (each game step compiles for seconds)."""
+  config = mnist.get_config('smoke')
+  config.method = 'l2lda'
+  return config, _one_game_step(config, (28, 28, 1))
+
+
 def test_one_compiled_step_updates_both_networks_and_their_bn_statistics():
   config = cifar10.get_config('smoke')  # ResNet-20 has BN, unlike LeNet-5
   config.method = 'l2lda'
@@ -43,12 +52,13 @@ def test_one_compiled_step_updates_both_networks_and_their_bn_statistics():
   assert float(metrics['generator_grad_norm']) > 0
 
 
-def test_k_generator_updates_per_classifier_update():
+def test_k_generator_updates_per_classifier_update(mnist_game_step):
   """updates_per_step=2: the first ascent is the k=1 step, the second moves the generator
   further, and the classifier trains on the once-updated generator's attack."""
+  _, (_, one, _) = mnist_game_step
   config = mnist.get_config('smoke')
   config.method = 'l2lda'
-  _, one, _ = _one_game_step(config, (28, 28, 1))
+  assert config.generator.updates_per_step == 1  # the shared step is the k=1 step
   config.generator.updates_per_step = 2
   _, two, metrics = _one_game_step(config, (28, 28, 1))
   assert int(two.step) == 1 and np.isfinite(metrics['generator_objective'])
@@ -82,8 +92,9 @@ def test_table1_ablation_switches(override, check):
   settings = l2lda.game_settings(config, 10)
   assert check(settings)
   generator = l2lda.make_generator(settings, 1)
-  state = l2lda.init_generator_state(generator, l2lda.make_generator_optimizer(config),
-                                     settings, (28, 28, 1), 0)
+  # Shapes only: eval_shape traces the initialisation without compiling it.
+  state = jax.eval_shape(lambda: l2lda.init_generator_state(
+      generator, l2lda.make_generator_optimizer(config), settings, (28, 28, 1), 0))
   channels = state.params['down0']['kernel'].shape[2]
   assert channels == (3 if settings.options.use_delta else 2) + settings.z_dim
 
@@ -93,17 +104,19 @@ def test_generator_objective_sums_ce_and_weighted_diversity():
   config.generator.diversity_weight = 0.5
   settings = l2lda.game_settings(config, 10)
   generator = l2lda.make_generator(settings, 1)
-  gen = l2lda.init_generator_state(generator, l2lda.make_generator_optimizer(config),
-                                   settings, (28, 28, 1), 0)
+  # Everything jitted: one compilation each instead of one per operation.
+  gen = jax.jit(lambda: l2lda.init_generator_state(
+      generator, l2lda.make_generator_optimizer(config), settings, (28, 28, 1), 0))()
   model = create_classifier('lenet5')
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
   logits_fn = lambda v: model.apply(variables, v)
   x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
   x, y = jnp.concatenate([x, x]), jnp.tile(jnp.arange(4), 2)
   z = l2lda.draw_latents(jax.random.PRNGKey(2), 4, settings)
-  value, (x_adv, _, trace) = l2lda.generator_objective(
-      gen.params, gen.batch_stats, generator=generator, logits_fn=logits_fn, x=x, labels=y,
-      z=z, settings=settings)
+  objective = jax.jit(lambda params, batch_stats, x, y, z: l2lda.generator_objective(
+      params, batch_stats, generator=generator, logits_fn=logits_fn, x=x, labels=y, z=z,
+      settings=settings))
+  value, (x_adv, _, trace) = objective(gen.params, gen.batch_stats, x, y, z)
   ce, div = trace.ce, trace.diversity
   assert ce.shape == div.shape == trace.gn_norm.shape == (settings.options.steps,)
   np.testing.assert_allclose(trace.gn_norm, 1.0, rtol=1e-4)  # normalised per channel
@@ -125,10 +138,8 @@ def test_z_live_units_counts_the_z_mlp_units_any_draw_activates():
   assert int(z_live_units(params, z)) == 0
 
 
-def test_the_game_step_reports_live_z_units_of_the_updated_generator():
-  config = mnist.get_config('smoke')
-  config.method = 'l2lda'
-  _, after, metrics = _one_game_step(config, (28, 28, 1))
+def test_the_game_step_reports_live_z_units_of_the_updated_generator(mnist_game_step):
+  config, (_, after, metrics) = mnist_game_step
   z = jax.random.normal(jax.random.PRNGKey(1), (4096, config.generator.z_dim))
   assert int(metrics['z_live_units']) <= config.generator.z_dim
   # A fresh generator's z MLP is alive; the batch's 8 draws see most of the 4,096's units.

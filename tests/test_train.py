@@ -8,10 +8,14 @@ import subprocess
 import sys
 import time
 
+import logging
+
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+
+from conftest import make_tiny_mnist_config
 
 from configs import mnist
 from l2lda_jax import checkpoint as checkpoint_lib
@@ -24,6 +28,44 @@ HARNESS = os.path.join(ROOT, 'tests', 'resume_harness.py')
 def _run(config, workdir):
   with tfds.testing.mock_data(num_examples=96):
     return train.train_and_evaluate(config, str(workdir))
+
+
+class _Messages(logging.Handler):
+  """Every log record's message, as caplog.text would hold it (at INFO)."""
+
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  """tiny_run(method) -> (workdir, report, log text) of conftest's tiny config trained with
+  `method` in a fresh workdir: one run per method for the whole module (each compiles its
+  training steps), which the tests below only read."""
+  runs = {}
+
+  def run(method):
+    if method not in runs:
+      config = make_tiny_mnist_config()
+      config.method = method
+      workdir = tmp_path_factory.mktemp(method)
+      root, handler = logging.getLogger(), _Messages()
+      level = root.level
+      root.setLevel(logging.INFO)
+      root.addHandler(handler)
+      try:
+        report = _run(config, workdir)
+      finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+      runs[method] = (workdir, report, '\n'.join(handler.messages))
+    return runs[method]
+
+  return run
 
 
 def _restore(workdir, step=None):
@@ -69,12 +111,10 @@ def _assert_the_game_is_observable(workdir, log_text: str):
 
 
 @pytest.mark.parametrize('method', ['plain', 'fgsm', 'pgd', 'cw', 'l2lda', 'l2l'])
-def test_every_method_trains_checkpoints_and_reports(method, tiny_mnist_config, tmp_path,
-                                                    caplog):
+def test_every_method_trains_checkpoints_and_reports(method, tiny_mnist_config, tiny_run):
   config = tiny_mnist_config
   config.method = method
-  caplog.set_level('INFO')
-  report = _run(config, tmp_path)
+  tmp_path, report, log_text = tiny_run(method)
   assert report['method'] == method and report['steps'] == 6
   for key in ('last', 'best_on_validation'):
     assert 0.0 <= report[key]['robust_accuracy'] <= 1.0
@@ -83,7 +123,7 @@ def test_every_method_trains_checkpoints_and_reports(method, tiny_mnist_config, 
     assert json.load(f)['last']['step'] == 6
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
   for step in (3, 6):  # every save is one line in the log
-    assert caplog.text.count(f'saved checkpoint {tmp_path}/checkpoints/{step} (') == 1
+    assert log_text.count(f'saved checkpoint {tmp_path}/checkpoints/{step} (') == 1
   assert glob.glob(str(tmp_path / 'events.out.tfevents.*'))
   model = train.create_classifier(config.model)
   init = train.init_train_state(model, train.make_optimizer(config.train), (28, 28, 1),
@@ -92,21 +132,22 @@ def test_every_method_trains_checkpoints_and_reports(method, tiny_mnist_config, 
   changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), init, trained)
   assert all(jax.tree_util.tree_leaves(changed))
   if method == 'l2lda':
-    _assert_the_game_is_observable(tmp_path, caplog.text)
+    _assert_the_game_is_observable(tmp_path, log_text)
 
 
 @pytest.mark.parametrize('method', ['pgd', 'l2lda'])
-def test_resume_continues_to_the_same_parameters(method, tiny_mnist_config, tmp_path):
+def test_resume_continues_to_the_same_parameters(method, tiny_mnist_config, tmp_path,
+                                                tiny_run):
   """Stopping after step 3 and restarting gives bit-identical parameters to one run."""
   config = tiny_mnist_config
   config.method = method
-  _run(config, tmp_path / 'whole')
+  whole_dir, _, _ = tiny_run(method)  # the same config, run once to its end
   config.train.steps = 3
   _run(config, tmp_path / 'split')
   config.train.steps = 6
   report = _run(config, tmp_path / 'split')
   assert report['resumed_from_step'] == 3
-  whole, split = _restore(tmp_path / 'whole'), _restore(tmp_path / 'split')
+  whole, split = _restore(whole_dir), _restore(tmp_path / 'split')
   assert jax.tree_util.tree_structure(whole) == jax.tree_util.tree_structure(split)
   for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(split)):
     np.testing.assert_array_equal(a, b)
@@ -114,16 +155,19 @@ def test_resume_continues_to_the_same_parameters(method, tiny_mnist_config, tmp_
 
 # l2lda only: its state (two networks, two optimisers, BN statistics) covers pgd's, whose
 # resume test_resume_continues_to_the_same_parameters checks in-process; 35 s of CI saved.
+# The harness's short run (steps=8: step 0 clean, then the game, a checkpoint every 2 steps,
+# two kept): killed once checkpoint 4 exists, with four slowed steps and the final test
+# still to go, it resumes from step 4 in the middle of the game.
 @pytest.mark.parametrize('method', ['l2lda'])
 def test_sigkill_then_resume_equals_uninterrupted_run(method, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   run = lambda workdir, delay: subprocess.Popen(
-      [sys.executable, HARNESS, str(workdir), method, str(delay)], env=env,
+      [sys.executable, HARNESS, str(workdir), method, str(delay), 'steps=8'], env=env,
       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   killed_dir, whole_dir = tmp_path / 'killed', tmp_path / 'whole'
   victim = run(killed_dir, 0.2)
   deadline = time.time() + 240
-  while not (killed_dir / 'checkpoints' / '8').exists():
+  while not (killed_dir / 'checkpoints' / '4').exists():
     assert victim.poll() is None, victim.stderr.read()[-2000:]
     assert time.time() < deadline, 'no checkpoint appeared'
     time.sleep(0.05)
@@ -134,7 +178,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(method, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
   with open(killed_dir / 'results.json') as f:
-    assert json.load(f)['resumed_from_step'] >= 8
+    assert json.load(f)['resumed_from_step'] >= 4
   resumed = np.load(killed_dir / 'final_params.npz')
   whole = np.load(whole_dir / 'final_params.npz')
   assert sorted(resumed.files) == sorted(whole.files)
@@ -160,35 +204,35 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_mnist_co
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(params))
 
 
-def test_init_from_copies_the_classifier_of_another_run(tiny_mnist_config, tmp_path):
+def test_init_from_copies_the_classifier_of_another_run(tiny_mnist_config, tmp_path, tiny_run):
   config = tiny_mnist_config
-  config.method = 'plain'
-  _run(config, tmp_path / 'pretrain')
-  source = checkpoint_lib.Checkpoints(str(tmp_path / 'pretrain'), keep=3)
+  pretrain, _, _ = tiny_run('plain')  # read only: the fine-tuning writes its own workdir
+  source = checkpoint_lib.Checkpoints(str(pretrain), keep=3)
   best = source.best.restore(source.best_step())['params']
   config.method = 'l2lda'
   model = train.create_classifier(config.model)
   tx = train.make_optimizer(config.train)
   state = train.create_train_state(config, model, tx, (28, 28, 1), 10)
-  loaded = train.load_classifier_from(state, str(tmp_path / 'pretrain'))
+  loaded = train.load_classifier_from(state, str(pretrain))
   for a, b in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(best)):
     np.testing.assert_array_equal(a, b)
   assert loaded.generator is state.generator  # the generator starts fresh
 
-  config.init_from = str(tmp_path / 'pretrain')
+  config.init_from = str(pretrain)
   report = _run(config, tmp_path / 'finetune')
   assert report['method'] == 'l2lda'
 
 
-def test_init_from_rejects_a_different_model_and_a_missing_dir(tiny_mnist_config, tmp_path):
+def test_init_from_rejects_a_different_model_and_a_missing_dir(tiny_mnist_config, tmp_path,
+                                                              tiny_run):
   config = tiny_mnist_config
-  config.method = 'plain'
-  _run(config, tmp_path / 'pretrain')
+  pretrain, _, _ = tiny_run('plain')
   model = train.create_classifier('resnet20')
   tx = train.make_optimizer(config.train)
-  state = train.init_train_state(model, tx, (32, 32, 3), 0)
+  # Jitted: one compilation of ResNet-20's initialisation instead of one per operation.
+  state = jax.jit(lambda: train.init_train_state(model, tx, (32, 32, 3), 0))()
   with pytest.raises(train.ConfigError, match='config.init_from'):
-    train.load_classifier_from(state, str(tmp_path / 'pretrain'))
+    train.load_classifier_from(state, str(pretrain))
   with pytest.raises(train.ConfigError, match='not a directory'):
     train.load_classifier_from(state, str(tmp_path / 'nowhere'))
 
@@ -210,29 +254,49 @@ def test_config_json_paths_are_absolute_so_the_workdir_moves_with_its_user(monke
 def test_start_up_prints_only_the_run_the_data_and_the_devices(tmp_path):
   """train.py's output before the first progress line: our three lines, no library INFO
   (TFDS, orbax, JAX backends, TensorFlow's oneDNN notice); --verbose brings them back."""
-  def start_up_lines(*flags):
+  def start(*flags):
+    """Starts train.py; its stdout and stderr go to files (no pipe to fill while the other
+    run is read)."""
     script = ('import sys; sys.argv = sys.argv[1:]\n'
               'import tensorflow_datasets as tfds\n'
               'from absl import app; import train\n'
               'with tfds.testing.mock_data(num_examples=96):\n'
               '  app.run(train.main)')
-    result = subprocess.run(
+    outputs = [open(tmp_path / f'{len(flags)}.{name}', 'w+') for name in ('out', 'err')]
+    process = subprocess.Popen(
         [sys.executable, '-c', script, 'train.py', '--config=configs/mnist.py:smoke',
          '--config.method=plain', '--config.train.steps=5', '--config.log_every_steps=5',
          '--config.eval.every_steps=5', '--config.checkpoint.every_steps=5',
          '--config.eval.num_examples=16', '--config.test.num_examples=32',
          '--config.data.validation_size=16', f'--workdir={tmp_path / str(len(flags))}',
          *flags],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, stdout=outputs[0], stderr=outputs[1],
         env={k: v for k, v in os.environ.items() if not k.startswith('TF_')})
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = (result.stdout + result.stderr).splitlines()
+    return process, outputs
+
+  def read(file):
+    file.seek(0)
+    text = file.read()
+    file.close()
+    return text
+
+  def start_up_lines(process, outputs):
+    process.wait(timeout=1200)  # the two sequential runs' 600 s each, shared
+    stdout, stderr = [read(file) for file in outputs]
+    assert process.returncode == 0, stderr[-2000:]
+    lines = (stdout + stderr).splitlines()
     first_step = next(i for i, line in enumerate(lines) if '] step 5/5' in line)
     return lines[:first_step]
 
-  quiet = start_up_lines()
+  # Both runs at once: each is mostly single-threaded start-up and compilation.
+  runs = [start(), start('--verbose')]
+  try:
+    quiet, verbose = [start_up_lines(*run) for run in runs]
+  finally:
+    for process, _ in runs:
+      if process.poll() is None:
+        process.kill()
   assert [line.split('] ', 1)[1].split(':')[0] for line in quiet] == ['run', 'data', 'devices']
-  verbose = start_up_lines('--verbose')
   assert len(verbose) > len(quiet)
   assert any('dataset' in line.lower() and 'train.py' not in line for line in verbose)
 
