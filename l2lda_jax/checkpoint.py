@@ -9,6 +9,7 @@ CheckpointError (one line) only when none is readable, or when an explicitly req
 """
 
 import glob
+import logging as python_logging
 import os
 import re
 import sys
@@ -100,8 +101,18 @@ def _is_abandoned_read_noise(unraisable) -> bool:
           and str(unraisable.exc_value) == 'Event loop is closed')
 
 
+def _is_abandoned_task_report(record: python_logging.LogRecord) -> bool:
+  """Whether an asyncio log record is its report of a failed restore's abandoned read: a
+  task whose TensorStore error nobody retrieved (the error names its tensorstore_spec)."""
+  error = record.exc_info[1] if record.exc_info else None
+  return (str(record.msg).startswith('Task exception was never retrieved')
+          and error is not None and 'tensorstore_spec' in str(error))
+
+
 def _quiet_abandoned_reads() -> None:
-  """Once a restore has failed, drops its leftovers' tracebacks; all others still print."""
+  """Drops the tracebacks of a failed restore's leftovers (see _is_abandoned_read_noise and
+  _is_abandoned_task_report); every other unraisable exception and asyncio report still
+  prints."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_abandoned_reads', False):
     return
@@ -112,6 +123,7 @@ def _quiet_abandoned_reads() -> None:
 
   hook.drops_abandoned_reads = True
   sys.unraisablehook = hook
+  python_logging.getLogger('asyncio').addFilter(lambda record: not _is_abandoned_task_report(record))
 
 
 def unfinished_saves(directory: str) -> list[str]:
@@ -222,11 +234,13 @@ class Checkpoints:
     With a template, a checkpoint that reads without it but not into it is not corrupt but
     another run's (a changed config): that is a CheckpointError, not a fallback.
     """
+    # Before the attempt, not after its failure: an abandoned read's callback can find orbax's
+    # event loop closed while the failure is still on its way to us.
+    _quiet_abandoned_reads()
     try:
       return self._restore(slot, step, template), None
     except Exception as e:  # pylint: disable=broad-except  # TensorStore raises bare Exception
       reason = failure_reason(e)
-    _quiet_abandoned_reads()
     if template is not None:
       try:
         self._restore(slot, step, None)
