@@ -103,10 +103,16 @@ def _is_abandoned_read_noise(unraisable) -> bool:
 
 def _is_abandoned_task_report(record: python_logging.LogRecord) -> bool:
   """Whether an asyncio log record is its report of a failed restore's abandoned read: a
-  task whose TensorStore error nobody retrieved (the error names its tensorstore_spec)."""
-  error = record.exc_info[1] if record.exc_info else None
-  return (str(record.msg).startswith('Task exception was never retrieved')
-          and error is not None and 'tensorstore_spec' in str(error))
+  task or gathering future whose TensorStore error nobody retrieved (the error, or the one
+  it was raised from, names TensorStore)."""
+  if 'exception was never retrieved' not in str(record.msg) or not record.exc_info:
+    return False
+  error = record.exc_info[1]
+  while error is not None:
+    if 'tensorstore_spec' in str(error) or 'TensorStore' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _quiet_abandoned_reads() -> None:
@@ -123,7 +129,8 @@ def _quiet_abandoned_reads() -> None:
 
   hook.drops_abandoned_reads = True
   sys.unraisablehook = hook
-  python_logging.getLogger('asyncio').addFilter(lambda record: not _is_abandoned_task_report(record))
+  python_logging.getLogger('asyncio').addFilter(
+      lambda record: not _is_abandoned_task_report(record))
 
 
 def unfinished_saves(directory: str) -> list[str]:

@@ -104,5 +104,3 @@ def plot_accuracy_vs_eps(eps_values: Sequence[float], accuracies: Sequence[float
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
-
-
