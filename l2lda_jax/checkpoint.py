@@ -115,10 +115,16 @@ def _is_abandoned_task_report(record: python_logging.LogRecord) -> bool:
   return False
 
 
+def _keeps_asyncio_record(record: python_logging.LogRecord) -> bool:
+  return not _is_abandoned_task_report(record)
+
+
 def _quiet_abandoned_reads() -> None:
   """Drops the tracebacks of a failed restore's leftovers (see _is_abandoned_read_noise and
   _is_abandoned_task_report); every other unraisable exception and asyncio report still
   prints."""
+  # The same function each time: logging adds a filter once however often it is asked.
+  python_logging.getLogger('asyncio').addFilter(_keeps_asyncio_record)
   previous = sys.unraisablehook
   if getattr(previous, 'drops_abandoned_reads', False):
     return
@@ -129,8 +135,6 @@ def _quiet_abandoned_reads() -> None:
 
   hook.drops_abandoned_reads = True
   sys.unraisablehook = hook
-  python_logging.getLogger('asyncio').addFilter(
-      lambda record: not _is_abandoned_task_report(record))
 
 
 def unfinished_saves(directory: str) -> list[str]:

@@ -84,7 +84,6 @@ def learnable_mnist_mock(num_examples: int = 256):
 SLOW_TESTS_VARIABLE = 'L2LDA_SLOW_TESTS'
 
 
-
 def finish_processes(processes, timeout_s: float) -> None:
   """Waits for every subprocess; on a failure or a timeout kills the rest first (a peer
   of a multi-process run would wait for the dead one forever), then asserts each exited 0."""
@@ -102,6 +101,7 @@ def read_npz(path) -> dict:
   """Every array of a .npz file, by name, loaded (the file closed again)."""
   with np.load(path) as saved:
     return {name: saved[name] for name in saved.files}
+
 
 def pytest_configure(config):
   config.addinivalue_line('markers', f'slow: minutes of CPU; runs only with {SLOW_TESTS_VARIABLE}=1')

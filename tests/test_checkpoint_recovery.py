@@ -314,3 +314,6 @@ def test_only_a_failed_restores_leftover_reports_are_dropped():
     assert checkpoint_lib._is_abandoned_task_report(
         record('_GatheringFuture exception was never retrieved', wrapped))
   assert not checkpoint_lib._is_abandoned_task_report(record('Unclosed client session', None))
+  for _ in range(2):  # asked on every restore attempt, installed once
+    checkpoint_lib._quiet_abandoned_reads()
+  assert logging.getLogger('asyncio').filters.count(checkpoint_lib._keeps_asyncio_record) == 1
