@@ -405,7 +405,14 @@ def evaluate(options: EvalOptions, log=print, on_row=None) -> dict:
   rows, correct_by_attack, learned, warnings = [], {}, {}, []
 
   def report_so_far(complete: bool) -> dict:
-    report = _report(options, classifier, dataset, eps, test, rows, correct_by_attack, complete)
+    # A partial report carries the resumed rows this run has not reached yet, so that
+    # being interrupted again, before it gets to them, does not lose them.
+    ahead = {} if complete else {name: done[name] for name in done
+                                 if name not in correct_by_attack}
+    report = _report(options, classifier, dataset, eps, test,
+                     rows + [row for row, _ in ahead.values()],
+                     {**correct_by_attack, **{name: c for name, (_, c) in ahead.items()}},
+                     complete)
     report['identity'] = identity
     if warnings:
       report['warnings'] = list(warnings)

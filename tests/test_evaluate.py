@@ -93,6 +93,24 @@ def test_partial_reports_and_per_example_bits_give_the_worst_case(plain_run):
   assert report['worst_case_accuracy'] < report['rows'][0]['accuracy']  # the attacks bite
 
 
+def test_an_interrupted_resume_keeps_the_rows_it_had_not_reached(plain_run):
+  # Interrupted after clean and pgd5; resumed with pgd5 listed last, the rerun's partial
+  # reports (what an interruption would leave) still hold pgd5 while fgsm runs.
+  first = []
+  _evaluate(plain_run, 'clean,pgd5,fgsm', on_row=first.append)
+  interrupted = first[1]
+  assert [r['attack'] for r in interrupted['rows']] == ['clean', 'pgd5']
+  partials = []
+  report = _evaluate(plain_run, 'clean,fgsm,pgd5', on_row=partials.append,
+                     previous_report=interrupted)
+  assert [r['attack'] for r in partials[0]['rows']] == ['clean', 'pgd5']
+  assert [r['attack'] for r in partials[1]['rows']] == ['clean', 'fgsm', 'pgd5']
+  assert partials[0]['per_example_correct']['pgd5'] == interrupted['per_example_correct']['pgd5']
+  assert partials[0]['worst_case_accuracy'] == interrupted['worst_case_accuracy']
+  assert [r['attack'] for r in report['rows']] == ['clean', 'fgsm', 'pgd5']
+  assert report['per_example_correct']['pgd5'] == interrupted['per_example_correct']['pgd5']
+
+
 def test_report_rows_bounds_min_and_worst_case(plain_run):
   report = _evaluate(plain_run, 'clean,fgsm,pgd5,pgd5x3,cw5,mifgsm5')
   rows = {r['attack']: r for r in report['rows']}
