@@ -44,8 +44,9 @@ torchattacks' `FAB` with `multi_targeted=True`):
     f(x_k) (for x_k) and f(x_k) + <grad, x - x_k> (for x), rather than through the
     offset b = <grad, x_k> - f(x_k), which the codes subtract again; the same
     numbers up to float rounding;
-  * the projection finds the active breakpoint by counting the breakpoints below the
-    target instead of by bisection; the answer is the same;
+  * the projection bisects on the move's size lam, not on the index of the sorted
+    breakpoints, then solves the linear piece it lands on; the same answer to within
+    1e-9 in lam, without the sort;
   * the backward-stepped iterate is clipped to [0, 1] (a convex combination of points
     in the box, so this only removes float rounding);
   * the random starts of restarts r >= 1 are this library's draws, and every run
@@ -63,6 +64,7 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 
 NORM_FLOOR = 1e-8      # floor on |d_1|_inf, |d_2|_inf in a = d_1 / (d_1 + d_2), as the codes
 SLOPE_FLOOR = 1e-30    # floor on the projection's slope (a sum of |w_i|; 0 only where w = 0)
+BISECTIONS = 30        # halvings of the projection's bracket on lam (in [0, 1]): width 1e-9
 
 
 class FABResult(NamedTuple):
@@ -100,23 +102,28 @@ def _project_residual(t: jax.Array, w: jax.Array, residual: jax.Array) -> jax.Ar
   weight = jnp.abs(w) * (direction != 0)
   # A move of Linf size lam lowers <w, .> by at most h(lam) = sum_i |w_i| min(lam, room_i)
   # (concave, piecewise linear, nondecreasing), so the projection's size is the smallest
-  # lam with h(lam) = need. With room sorted, r_0 <= ... <= r_{D-1}, and
-  #   E_k = sum_{j < k} |w_j| r_j,   S_k = sum_{j >= k} |w_j|,
-  # h(lam) = E_k + lam S_k for lam in [r_{k-1}, r_k]; h(r_i) = E_{i+1} + r_i S_{i+1}.
-  order = jnp.argsort(room, axis=-1)
-  r = jnp.take_along_axis(room, order, axis=-1)
-  a = jnp.take_along_axis(weight, order, axis=-1)
-  zero = jnp.zeros_like(need)[:, None]
-  e = jnp.concatenate([zero, jnp.cumsum(a * r, axis=-1)], axis=-1)              # [n, D + 1]
-  s = jnp.concatenate([jnp.cumsum(a[:, ::-1], axis=-1)[:, ::-1], zero], axis=-1)  # [n, D + 1]
-  h_at_breakpoints = e[:, 1:] + r * s[:, 1:]
-  k = jnp.sum(h_at_breakpoints < need[:, None], axis=-1)  # breakpoints that fall short
-  e_k = jnp.take_along_axis(e, k[:, None], axis=-1)[:, 0]
-  s_k = jnp.take_along_axis(s, k[:, None], axis=-1)[:, 0]
-  lam = jnp.maximum((need - e_k) / jnp.maximum(s_k, SLOPE_FLOOR), 0.0)
-  # k = D: even the farthest corner of the box falls short; go to that corner (the box
-  # point closest to the hyperplane), as the reference does.
-  reachable = k < r.shape[-1]
+  # lam with h(lam) = need. Bisection on lam narrows it to a bracket [lo, hi] of width
+  # 2^-BISECTIONS (sorting the breakpoints, as the codes do, took 7-18x longer under XLA
+  # on CPU), where h(lam) = E + lam S, E = sum over room_i <= lo of |w_i| room_i and
+  # S = sum over room_i > lo of |w_i|, which gives lam exactly unless a breakpoint falls
+  # inside the bracket (then lam is off by less than its width).
+  h = lambda lam: jnp.sum(weight * jnp.minimum(lam[:, None], room), axis=-1)
+  widest = jnp.max(room, axis=-1)
+
+  def halve(_, bracket):
+    lo, hi = bracket
+    mid = 0.5 * (lo + hi)
+    short = h(mid) < need
+    return jnp.where(short, mid, lo), jnp.where(short, hi, mid)
+
+  lo, _ = jax.lax.fori_loop(0, BISECTIONS, halve, (jnp.zeros_like(widest), widest))
+  above = room > lo[:, None]
+  e = jnp.sum(jnp.where(above, 0.0, weight * room), axis=-1)
+  s = jnp.sum(jnp.where(above, weight, 0.0), axis=-1)
+  lam = jnp.maximum((need - e) / jnp.maximum(s, SLOPE_FLOOR), 0.0)
+  # Even the farthest corner of the box falls short: go to that corner (the box point
+  # closest to the hyperplane), as the reference does.
+  reachable = h(widest) >= need
   step = jnp.where(reachable[:, None], jnp.minimum(lam[:, None], room), room)
   return direction * step
 
