@@ -14,6 +14,17 @@ EPS = 0.3
 
 
 # ----------------------------------------------------------------------------- the sequence
+def test_a_stage_batch_covers_its_survivors_in_as_many_batches_with_least_padding():
+  from l2lda_jax.robustness import balanced_batch_size
+  assert balanced_batch_size(885, 500) == 443  # 2 x 443 = 886 rows, not 2 x 500
+  assert balanced_batch_size(1000, 500) == 500 and balanced_batch_size(7, 500) == 7
+  for n in range(1, 1600):
+    size = balanced_batch_size(n, 500)
+    batches = -(-n // size)
+    assert size <= 500 and batches == -(-n // 500)
+    assert batches * size - n < batches  # under one padded row per batch
+
+
 def _fake_stage_runner(breaks: dict, calls: list):
   """Stage s breaks exactly the examples in breaks[s]; records which examples it saw."""
 
