@@ -8,6 +8,8 @@ TFDS's only when they are errors).
 `--verbose` on train.py / evaluate.py / export.py keeps everything.
 """
 
+import contextlib
+import io
 import os
 
 from absl import logging
@@ -41,13 +43,35 @@ class LibraryInfoFilter:
     return record.levelno >= logging.converter.STANDARD_WARNING
 
 
+_libraries_quiet = False  # set by quiet_libraries: the tools run without --verbose
+
+
 def quiet_libraries(verbose: bool) -> None:
   """Call at the top of main(), before TensorFlow or TFDS are imported."""
+  global _libraries_quiet
   if verbose:
     return
+  _libraries_quiet = True
   # TensorFlow's C++ logs: errors only. Its oneDNN notice (and the absl pre-init warning
   # printed with it) ignores that level, so oneDNN is turned off: TensorFlow only reads
   # TFDS records here, no numerics of ours run through it.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   logging.get_absl_handler().addFilter(LibraryInfoFilter())
+
+
+@contextlib.contextmanager
+def tfds_preparation_output():
+  """Around TFDS's download_and_prepare: unless --verbose, hides what it prints there (a
+  banner of 'Unknown size' on stdout, three progress bars with cursor-moving escape
+  codes on stderr); the tool says in its own line what it is preparing."""
+  if not _libraries_quiet:
+    yield
+    return
+  import tensorflow_datasets as tfds
+  tfds.display_progress_bar(False)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds.display_progress_bar(True)

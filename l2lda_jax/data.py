@@ -17,6 +17,9 @@ import urllib.request
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+
+from l2lda_jax import console
 
 # Seconds to wait for a download host before calling the machine offline.
 NETWORK_TIMEOUT_S = 5.0
@@ -130,8 +133,12 @@ def _prepared_builder(name: str, data_dir: str | None, manual_dir: str):
                       f'{", ".join(offline)} cannot be reached to download it. '
                       + _offline_help(name))
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
+  if _will_download(builder):
+    logging.info('data: preparing TFDS %s in %s from %s (first use only)', name,
+                 builder.data_dir, manual_dir or 'the download')
   try:
-    builder.download_and_prepare(download_config=download_config)
+    with console.tfds_preparation_output():
+      builder.download_and_prepare(download_config=download_config)
   except Exception as e:  # TFDS raises many types offline; one message for all
     raise DataError(
         f'{name}: TFDS could not download or prepare the data ({type(e).__name__}: '

@@ -4,6 +4,7 @@ Reads top to bottom: input -> model and optimiser -> update step -> checkpoints 
 evaluation on the validation split -> loop -> final test report.
 """
 
+import contextlib
 import functools
 import json
 import math
@@ -286,6 +287,7 @@ class Progress:
     self.total, self.warmup = total_steps, warmup_steps
     self.last_step, self.last_time = first_step, time.time()
     self.phase_start = None  # (step, time) of the current phase's first logged step
+    self.status = ''  # the last line's rate and ETA, for the terminal's progress bar
 
   def phase(self, step: int) -> str:
     return 'warm-up' if step <= self.warmup else 'attack'
@@ -303,10 +305,23 @@ class Progress:
       phase_end = self.warmup if self.phase(step) == 'warm-up' else self.total
       eta = (phase_end - step) / rate if rate > 0 else None
     self.last_step, self.last_time = step, now
-    text = f'step {step}/{self.total} | {rate:.2f} steps/s'
+    self.status = f'{rate:.2f} steps/s | '
     if self.phase(step) == 'warm-up' and self.warmup < self.total:
-      return text + f' | warm-up ETA {_clock(eta)}, then attack steps (not yet timed)'
-    return text + f' | ETA {_clock(eta)}'
+      self.status += f'warm-up ETA {_clock(eta)}, then attack steps (not yet timed)'
+    else:
+      self.status += f'ETA {_clock(eta)}'
+    return f'step {step}/{self.total} | {self.status}'
+
+
+@contextlib.contextmanager
+def above_bar(bar: tqdm.tqdm):
+  """Log lines go above a terminal's progress bar instead of through it: the bar is
+  cleared, the lines written, the bar drawn again below them (no-ops when disabled)."""
+  bar.clear()
+  try:
+    yield
+  finally:
+    bar.refresh()
 
 
 def _clock(seconds) -> str:
@@ -414,8 +429,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   first_step = int(state.step)
   progress = Progress(first_step, train_cfg.steps,
                       train_cfg.clean_warmup_steps if adv_step is not None else train_cfg.steps)
+  # On a terminal only (disable=None), with this module's phase-aware ETA in place of
+  # tqdm's, which would average warm-up steps with attack steps.
   bar = tqdm.tqdm(total=train_cfg.steps, initial=first_step, unit='step', dynamic_ncols=True,
-                  disable=None if is_main else True)  # None: on a terminal only
+                  bar_format='{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]',
+                  disable=None if is_main else True)
   pending, last_good = [], resumed_from
   warned_dead_z = False
   lossy_tag = '[LOSSY JPEG data] ' if dataset.lossy else ''
@@ -443,24 +461,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if config.method in GENERATOR_METHODS:
         scalars['generator_learning_rate'] = float(config.generator.learning_rate)
       writer.write_scalars(done, scalars)
+      line = progress.line(done)
+      bar.set_postfix_str(progress.status, refresh=False)
       bar.update(done - bar.n)
-      logging.info('%s%s | %s', lossy_tag, progress.line(done),
-                   ' '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
-      if scalars.get('z_live_units') == 0 and not warned_dead_z:
-        logging.warning(DEAD_Z_WARNING, done)
-        warned_dead_z = True
+      with above_bar(bar):
+        logging.info('%s%s | %s', lossy_tag, line,
+                     ' '.join(f'{k} {v:.4f}' for k, v in sorted(scalars.items())))
+        if scalars.get('z_live_units') == 0 and not warned_dead_z:
+          logging.warning(DEAD_Z_WARNING, done)
+          warned_dead_z = True
     if eval_now:
       val_scalars = validation_scalars(validate, validate_generator, state, validation)
       writer.write_scalars(done, val_scalars)
-      logging.info('%svalidation at step %d: %s', lossy_tag, done,
-                   validation_line(val_scalars, config.eval.pgd_steps))
-      if checkpoints.save_if_best(done, state, val_scalars):
-        logging.info('saved the best on validation so far: %s/best/%d', workdir, done)
+      with above_bar(bar):
+        logging.info('%svalidation at step %d: %s', lossy_tag, done,
+                     validation_line(val_scalars, config.eval.pgd_steps))
+        if checkpoints.save_if_best(done, state, val_scalars):
+          logging.info('saved the best on validation so far: %s/best/%d', workdir, done)
     if save_now:
       save_start = time.time()
       checkpoints.save(done, state)
-      logging.info('saved checkpoint %s/checkpoints/%d (%.1f s)', workdir, done,
-                   time.time() - save_start)
+      with above_bar(bar):
+        logging.info('saved checkpoint %s/checkpoints/%d (%.1f s)', workdir, done,
+                     time.time() - save_start)
       last_good = done
   bar.close()
   writer.flush()

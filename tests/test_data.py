@@ -140,3 +140,16 @@ def test_offline_without_a_cache_fails_at_once_with_the_way_out(tiny_mnist_confi
   assert 'download.invalid cannot be reached' in message and 'L2LDA_MANUAL_DIR' in message
   assert '\n' not in message
   assert any(url.endswith('train-images-idx3-ubyte.gz') for url in seen)  # TFDS's own URLs
+
+
+@pytest.mark.parametrize('quiet', [True, False])
+def test_tfds_preparation_prints_nothing_unless_verbose(quiet, monkeypatch, capsys):
+  from tensorflow_datasets.core.utils import tqdm_utils
+  from l2lda_jax import console
+  monkeypatch.setattr(console, '_libraries_quiet', quiet)
+  with console.tfds_preparation_output():
+    print('Downloading and preparing dataset Unknown size')
+    bars_during = tqdm_utils._active
+  assert ('Unknown size' in capsys.readouterr().out) is not quiet
+  assert bars_during is not quiet
+  assert tqdm_utils._active  # TFDS's bars are back for anything after the preparation

@@ -301,6 +301,21 @@ def test_start_up_prints_only_the_run_the_data_and_the_devices(tmp_path):
   assert any('dataset' in line.lower() and 'train.py' not in line for line in verbose)
 
 
+def test_log_lines_go_above_the_terminal_progress_bar_not_through_it():
+  import io
+  import tqdm
+  screen = io.StringIO()
+  bar = tqdm.tqdm(total=10, file=screen, disable=False, mininterval=0, ncols=60,
+                  bar_format='{n_fmt}/{total_fmt}')
+  bar.update(3)
+  with train.above_bar(bar):
+    screen.write('a log line\n')
+  before, after = screen.getvalue().split('a log line\n')
+  assert before.endswith('3/10\r' + ' ' * len('3/10') + '\r')  # the bar blanked first
+  assert after == '\r3/10'  # then drawn again below the line
+  bar.close()
+
+
 def test_progress_eta_is_measured_since_the_phase_began(monkeypatch):
   """100 warm-up steps at 100/s, then attack steps at 2/s after a 30 s compile: the ETA
   of each phase comes from that phase's own rate, never from the other's."""
