@@ -4,7 +4,8 @@ TensorFlow (only used to read TFDS files), TFDS, orbax and JAX log INFO lines at
 and on every checkpoint (backends that are not there, oneDNN, dataset folders, save
 timings). `quiet_libraries` drops INFO from any code outside this project and silences
 TensorFlow's C++ INFO/WARNING output; other libraries' warnings still show (orbax's and
-TFDS's only when they are errors).
+TFDS's only when they are errors). While TFDS prepares a dataset (the first run) it also
+prints, outside logging, a banner and progress bars: `tfds_preparation_output` hides them.
 `--verbose` on train.py / evaluate.py / export.py keeps everything.
 """
 
