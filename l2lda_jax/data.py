@@ -110,9 +110,10 @@ def unreachable_hosts(urls, timeout: float = NETWORK_TIMEOUT_S) -> list[str]:
   return unreachable
 
 
-def _will_download(builder) -> bool:
-  """Whether download_and_prepare will fetch files: an unprepared builder and TFDS's own
-  method (tfds.testing.mock_data swaps in one that reads nothing)."""
+def _will_prepare(builder) -> bool:
+  """Whether download_and_prepare will do work: an unprepared builder and TFDS's own
+  method (tfds.testing.mock_data swaps in one that reads nothing). It then reads the
+  manual dir, or without one downloads."""
   method = type(builder).download_and_prepare
   return (not builder.is_prepared()
           and getattr(method, '__module__', '').startswith('tensorflow_datasets.core'))
@@ -124,7 +125,8 @@ def _prepared_builder(name: str, data_dir: str | None, manual_dir: str):
   builder = tfds.builder(name, data_dir=data_dir)
   if manual_dir and name == 'mnist':
     _check_manual_files(manual_dir, MNIST_FILES, name)
-  if not manual_dir and _will_download(builder) and not urllib.request.getproxies():
+  preparing = _will_prepare(builder)
+  if not manual_dir and preparing and not urllib.request.getproxies():
     # TFDS would retry each file for minutes before failing; a closed network shows in
     # seconds. (Behind a proxy a direct connection proves nothing: TFDS then decides.)
     offline = unreachable_hosts(builder.url_infos or {})
@@ -133,7 +135,7 @@ def _prepared_builder(name: str, data_dir: str | None, manual_dir: str):
                       f'{", ".join(offline)} cannot be reached to download it. '
                       + _offline_help(name))
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
-  if _will_download(builder):
+  if preparing:
     logging.info('data: preparing TFDS %s in %s from %s (first use only)', name,
                  builder.data_dir, manual_dir or 'the download')
   try:
