@@ -264,3 +264,16 @@ def test_square_after_gradient_counts_what_only_the_score_attack_broke():
   correct['square'] = correct['pgd100'].copy()
   result = sanity.square_after_gradient_result(correct, ['pgd100', 'apgd-ce'], ['square'])
   assert result.value == 0.0 and result.passed
+
+
+def test_the_checks_pgd_keeps_each_examples_best_iterate_as_the_rows_do():
+  """On the linear model PGD at eps 0.3 misclassifies an image early and keeps moving: the
+  checks' PGD must return that first misclassified iterate (evaluate.py's rule), not the
+  last one, which a masked model can bring back to the right class."""
+  x, y = jnp.asarray(X), jnp.asarray(Y)
+  checks_pgd = sanity.pgd_attack(10)(linear, x, y, KEY, EPS)
+  step = sanity.default_step_ratio(10) * EPS
+  best = attacks.pgd(linear, x, y, KEY, eps=EPS, steps=10, step_size=step, best_iterate=True)
+  last = attacks.pgd(linear, x, y, KEY, eps=EPS, steps=10, step_size=step)
+  np.testing.assert_array_equal(np.asarray(checks_pgd), np.asarray(best))
+  assert np.any(np.abs(np.asarray(best) - np.asarray(last)) > 1e-3)
