@@ -51,8 +51,9 @@ flags.DEFINE_boolean('verbose', False, 'Also print the libraries\' INFO lines (T
                      'JAX, TensorFlow).')
 flags.DEFINE_string('save_adversarial', '', 'Write autoattack\'s adversarial examples to this '
                     '.npz (x_adv, labels, clean_correct, broken_at), updated after each stage.')
-flags.DEFINE_boolean('resume', True, 'If --output holds an interrupted report of the same '
-                     'checkpoint, examples, eps and seed, keep its rows and run only the rest.')
+flags.DEFINE_boolean('resume', True, 'If --output holds a report (interrupted or finished) of '
+                     'the same checkpoint, examples, eps and seed, keep the rows of it that '
+                     '--attacks asks for and run only the rest.')
 flags.mark_flags_as_required(['workdir'])
 
 

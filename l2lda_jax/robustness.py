@@ -485,10 +485,11 @@ def evaluation_identity(options: EvalOptions, classifier: Classifier, eps: float
 
 
 def resumable_rows(previous: Optional[dict], identity: dict, log=print) -> dict:
-  """Row name -> (row, per-example correct) of an interrupted report of the same
-  evaluation; {} when there is none, it finished, it evaluated something else, or it
-  cannot be read."""
-  if not previous or previous.get('complete', True):
+  """Row name -> (row, per-example correct) of an earlier report of the same evaluation
+  (same checkpoint, examples, eps, seed and attack settings), interrupted or finished: an
+  interrupted run continues, and a finished one grows by the attacks added to --attacks.
+  {} when there is none, it evaluated something else, or it cannot be read."""
+  if not previous:
     return {}
   earlier = previous.get('identity')
   if not isinstance(earlier, dict):
@@ -507,7 +508,8 @@ def resumable_rows(previous: Optional[dict], identity: dict, log=print) -> dict:
     log(f'not resuming the earlier report: it cannot be read ({type(e).__name__}: {e})')
     return {}
   if done:
-    log(f'resuming an interrupted evaluation: {len(done)} row(s) already done')
+    state = 'finished' if previous.get('complete') else 'interrupted'
+    log(f'resuming the {state} evaluation in --output: {len(done)} row(s) already done')
   return done
 
 

@@ -111,6 +111,21 @@ def test_an_interrupted_resume_keeps_the_rows_it_had_not_reached(plain_run):
   assert report['per_example_correct']['pgd5'] == interrupted['per_example_correct']['pgd5']
 
 
+def test_a_finished_report_grows_by_the_attacks_added(plain_run):
+  """The same --output with more --attacks: the finished rows are kept, only the new attack
+  runs, and the worst case is over all of them, as if everything had run at once."""
+  finished = _evaluate(plain_run, 'clean')
+  assert finished['complete']
+  messages = []
+  grown = _evaluate(plain_run, 'clean,pgd5', previous_report=finished, log=messages.append)
+  assert [m.split(':')[0] for m in messages if '(resumed)' in m] == ['clean']
+  assert [r['attack'] for r in grown['rows']] == ['clean', 'pgd5']
+  at_once = _evaluate(plain_run, 'clean,pgd5')
+  assert grown['per_example_correct'] == at_once['per_example_correct']
+  assert grown['worst_case_accuracy'] == at_once['worst_case_accuracy']
+  assert grown['worst_case_accuracy'] < finished['worst_case_accuracy']
+
+
 def test_report_rows_bounds_min_and_worst_case(plain_run):
   report = _evaluate(plain_run, 'clean,fgsm,pgd5,pgd5x3,cw5,mifgsm5')
   rows = {r['attack']: r for r in report['rows']}
