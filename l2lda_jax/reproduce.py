@@ -154,11 +154,35 @@ def _flatten(tree, prefix: str = '') -> dict:
   return flat
 
 
+# Sections that only the generator methods (l2lda, l2l) read.
+_GENERATOR_SECTIONS = ('generator.', 'l2lda_run.')
+
+
+def _base_defaults() -> dict:
+  if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+  from configs import common
+  return _flatten(json.loads(common.base_config().to_json_best_effort()))
+
+
 def config_differences(recorded: dict, expected: dict) -> list[str]:
-  """The fields in which a run's config.json differs from the config asked for."""
+  """The fields in which a run's config.json differs from the config asked for, leaving out
+  what cannot change the run: where the machine keeps its data, the generator's sections
+  for a method without a generator, and a field the run's config.json lacks (added to the
+  code after it ran) whose asked value is the field's default, the behaviour every run had
+  before the field existed."""
   a, b = _flatten(recorded), _flatten(expected)
-  return sorted(k for k in set(a) | set(b)
-                if k not in _MACHINE_FIELDS and a.get(k) != b.get(k))
+  defaults = _base_defaults()
+  uses_generator = b.get('method') in ('l2lda', 'l2l')
+
+  def matters(key: str) -> bool:
+    if key in _MACHINE_FIELDS:
+      return False
+    if not uses_generator and key.startswith(_GENERATOR_SECTIONS):
+      return False
+    return not (key not in a and key in defaults and b.get(key) == defaults[key])
+
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and matters(k))
 
 
 def recorded_config_json(config) -> dict:

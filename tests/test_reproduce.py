@@ -169,3 +169,19 @@ def test_overrides_reach_every_models_config_after_the_rows_and_bad_ones_are_one
   assert (config.l2lda_run.steps, config.generator.steps) == (9000, 2)
   with pytest.raises(reproduce.ReproduceError, match='--override'):
     reproduce.parse_overrides(['l2lda_run.steps'])
+
+
+def test_a_config_differs_only_where_the_run_could_have_run_differently():
+  """A run made before a field existed (at its default), a PGD run with another generator
+  section and another data folder are the run asked for; anything else is not."""
+  asked = {'method': 'pgd', 'train': {'steps': 100, 'grad_align_weight': 0.0},
+           'generator': {'diversity_weight': 0.5}, 'data': {'manual_dir': '/here'}}
+  older = {'method': 'pgd', 'train': {'steps': 100}, 'generator': {'diversity_weight': 0.02},
+           'data': {'manual_dir': '/there'}}
+  assert reproduce.config_differences(older, asked) == []
+  assert reproduce.config_differences(older, {**asked, 'method': 'l2lda'}) == [
+      'generator.diversity_weight', 'method']
+  penalised = {**asked, 'train': {'steps': 100, 'grad_align_weight': 0.5}}
+  assert reproduce.config_differences(older, penalised) == ['train.grad_align_weight']
+  longer = {**asked, 'train': {'steps': 200, 'grad_align_weight': 0.0}}
+  assert reproduce.config_differences(older, longer) == ['train.steps']
