@@ -207,12 +207,19 @@ def make_evaluator(config, model, mesh, eval_config, eps_multiples=(1.0,)):
   PGD of eval_config at m x eps (the step scaled with the radius)."""
   apply_fn = inference_apply(model)
   clean_fn = evaluation.make_correct_fn(apply_fn, None)
-  robust_fns = {}
-  for multiple in eps_multiples:
-    pgd = functools.partial(attacks.pgd, eps=multiple * config.eps, steps=eval_config.pgd_steps,
-                            step_size=multiple * eval_config.pgd_step_size,
-                            unroll=config.attack.unroll)
-    robust_fns[robust_key(multiple)] = evaluation.make_correct_fn(apply_fn, pgd)
+
+  # eps and the step are arguments, not constants: one compilation serves every multiple.
+  @jax.jit
+  def correct_under_pgd(variables, images, labels, key, eps, step_size):
+    x = data_lib.to_float(images)
+    logits_fn = lambda v: apply_fn(variables, v)
+    x_adv = attacks.pgd(logits_fn, x, labels, key, eps=eps, steps=eval_config.pgd_steps,
+                        step_size=step_size, unroll=config.attack.unroll)
+    return jnp.argmax(logits_fn(x_adv), axis=-1) == labels
+
+  robust_fns = {robust_key(m): functools.partial(
+      correct_under_pgd, eps=np.float32(m * config.eps),
+      step_size=np.float32(m * eval_config.pgd_step_size)) for m in eps_multiples}
   key = jax.random.PRNGKey(config.seed + 1)
 
   def evaluate(variables, split):

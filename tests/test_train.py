@@ -333,3 +333,36 @@ def test_progress_eta_is_measured_since_the_phase_began(monkeypatch):
   clock[0] = 76.0  # 90 attack steps in 45 s
   line = progress.line(200)
   assert '2.00 steps/s' in line and line.endswith('ETA 00:07:30')  # 900 steps left at 2/s
+
+
+def test_validation_pgd_is_compiled_once_for_all_eps_multiples_and_keeps_their_answers():
+  """make_evaluator passes eps and the step as arguments: one compiled PGD for eps/2, eps and
+  1.25 eps, each example's answer the same as PGD with that radius written in as a constant."""
+  import functools
+  from l2lda_jax import attacks, data as data_lib, evaluation, sharding
+  from l2lda_jax.models import create_classifier
+  config = make_tiny_mnist_config()
+  model = create_classifier(config.model, 10, config.conv_impl)
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32))
+  rng = np.random.default_rng(0)
+  split = data_lib.Split(rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8),
+                         rng.integers(0, 10, 40).astype(np.int32))
+  mesh = sharding.make_data_mesh()
+  traced = []  # every function JAX traces for compilation (cache hits or not)
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, _, fun_name='', **__: traced.append(fun_name)
+      if event == '/jax/core/compile/jaxpr_trace_duration' else None)
+  report = train.make_evaluator(config, model, mesh, config.eval,
+                                train.VALIDATION_EPS_MULTIPLES)(variables, split)
+  assert traced.count('correct_under_pgd') == 1  # one PGD program for the three radii
+  key = jax.random.PRNGKey(config.seed + 1)
+  apply_fn = train.inference_apply(model)
+  for multiple in train.VALIDATION_EPS_MULTIPLES:
+    pgd = functools.partial(attacks.pgd, eps=multiple * config.eps,
+                            steps=config.eval.pgd_steps,
+                            step_size=multiple * config.eval.pgd_step_size)
+    constant = evaluation.per_example_correct(evaluation.make_correct_fn(apply_fn, pgd),
+                                              variables, split, config.eval.batch_size, key,
+                                              mesh)
+    assert report[train.robust_key(multiple)] == float(np.mean(constant))
+  assert report['robust_accuracy_eps_x1.25'] <= report['robust_accuracy_eps_x0.5']
