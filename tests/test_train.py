@@ -349,11 +349,17 @@ def test_validation_pgd_is_compiled_once_for_all_eps_multiples_and_keeps_their_a
                          rng.integers(0, 10, 40).astype(np.int32))
   mesh = sharding.make_data_mesh()
   traced = []  # every function JAX traces for compilation (cache hits or not)
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, _, fun_name='', **__: traced.append(fun_name)
-      if event == '/jax/core/compile/jaxpr_trace_duration' else None)
-  report = train.make_evaluator(config, model, mesh, config.eval,
-                                train.VALIDATION_EPS_MULTIPLES)(variables, split)
+
+  def listener(event, _, fun_name='', **__):
+    if event == '/jax/core/compile/jaxpr_trace_duration':
+      traced.append(fun_name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    report = train.make_evaluator(config, model, mesh, config.eval,
+                                  train.VALIDATION_EPS_MULTIPLES)(variables, split)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
   assert traced.count('correct_under_pgd') == 1  # one PGD program for the three radii
   key = jax.random.PRNGKey(config.seed + 1)
   apply_fn = train.inference_apply(model)
