@@ -16,13 +16,15 @@ Attack = Callable  # (logits_fn, x, y, key) -> x_adv
 
 
 def make_correct_fn(apply_fn: ApplyFn, attack: Optional[Attack]):
-  """A jitted fn (variables, uint8 images, labels, key) -> per-example correctness."""
+  """A jitted fn (variables, uint8 images, labels, key, **attack_kwargs) -> per-example
+  correctness. Keyword arguments go to the attack traced, not as constants, so one
+  compilation serves every value (validation's PGD at three radii)."""
 
-  def correct(variables, images, labels, key):
+  def correct(variables, images, labels, key, **attack_kwargs):
     x = data_lib.to_float(images)
     logits_fn = lambda v: apply_fn(variables, v)
     if attack is not None:
-      x = attack(logits_fn, x, labels, key)
+      x = attack(logits_fn, x, labels, key, **attack_kwargs)
     return jnp.argmax(logits_fn(x), axis=-1) == labels
 
   return jax.jit(correct)

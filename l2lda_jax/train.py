@@ -209,14 +209,8 @@ def make_evaluator(config, model, mesh, eval_config, eps_multiples=(1.0,)):
   clean_fn = evaluation.make_correct_fn(apply_fn, None)
 
   # eps and the step are arguments, not constants: one compilation serves every multiple.
-  @jax.jit
-  def correct_under_pgd(variables, images, labels, key, eps, step_size):
-    x = data_lib.to_float(images)
-    logits_fn = lambda v: apply_fn(variables, v)
-    x_adv = attacks.pgd(logits_fn, x, labels, key, eps=eps, steps=eval_config.pgd_steps,
-                        step_size=step_size, unroll=config.attack.unroll)
-    return jnp.argmax(logits_fn(x_adv), axis=-1) == labels
-
+  correct_under_pgd = evaluation.make_correct_fn(apply_fn, functools.partial(
+      attacks.pgd, steps=eval_config.pgd_steps, unroll=config.attack.unroll))
   robust_fns = {robust_key(m): functools.partial(
       correct_under_pgd, eps=np.float32(m * config.eps),
       step_size=np.float32(m * eval_config.pgd_step_size)) for m in eps_multiples}

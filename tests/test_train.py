@@ -360,7 +360,8 @@ def test_validation_pgd_is_compiled_once_for_all_eps_multiples_and_keeps_their_a
                                   train.VALIDATION_EPS_MULTIPLES)(variables, split)
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
-  assert traced.count('correct_under_pgd') == 1  # one PGD program for the three radii
+  # make_correct_fn's `correct`: once clean, once PGD for the three radii (not three times).
+  assert traced.count('correct') == 2
   key = jax.random.PRNGKey(config.seed + 1)
   apply_fn = train.inference_apply(model)
   for multiple in train.VALIDATION_EPS_MULTIPLES:
