@@ -298,19 +298,29 @@ def eval_options(job: EvalJob, progress: bool):
   return robustness.EvalOptions(progress=progress, **values)
 
 
+def command_in_workdir(report: dict, workdir: str) -> Optional[str]:
+  """The report's command as it reads with its reproduction's folder at `workdir`, so that a
+  folder moved or copied elsewhere (committed, cloned) keeps its evaluations."""
+  command, recorded_workdir = report.get('command'), report.get('reproduce_workdir')
+  if command is None or not recorded_workdir:
+    return command
+  return command.replace(recorded_workdir, workdir)
+
+
 def ensure_evaluated(job: EvalJob, run: Reproduction) -> dict:
   """The job's report: reused when its --output holds a finished report of the same
   command, resumed when it holds an interrupted one, else run with evaluate.py's code."""
   from l2lda_jax import robustness
   previous = read_json_object(job.output)
-  same = previous is not None and previous.get('command') == job.command
+  same = previous is not None and command_in_workdir(previous, run.workdir) == job.command
   if same and previous.get('complete'):
     return previous
   run.log(('resuming: ' if same else 'evaluating: ') + job.command)
   options = eval_options(job, run.progress)
   robustness.validate_options(options)
   options.previous_report = previous if same else None
-  save = lambda report: write_json_atomic(dict(report, command=job.command), job.output)
+  save = lambda report: write_json_atomic(
+      dict(report, command=job.command, reproduce_workdir=run.workdir), job.output)
   report = robustness.evaluate(options, log=run.log, on_row=save)
   save(report)
   return read_json_object(job.output)

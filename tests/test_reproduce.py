@@ -185,3 +185,25 @@ def test_a_config_differs_only_where_the_run_could_have_run_differently():
   assert reproduce.config_differences(older, penalised) == ['train.grad_align_weight']
   longer = {**asked, 'train': {'steps': 200, 'grad_align_weight': 0.0}}
   assert reproduce.config_differences(older, longer) == ['train.steps']
+
+
+def test_a_reproduction_folder_moved_elsewhere_keeps_its_finished_evaluations(tmp_path):
+  """A finished report is reused from a copy of the folder (committed, cloned): its command
+  is compared with the folder where it now is, not where it was written."""
+  old, new = '/elsewhere/repro', str(tmp_path / 'repro')
+  scale = reproduce.SCALES['smoke']
+  written = reproduce.attack_job(reproduce.run_dir(old, paper_tables.PLAIN, 0), 'fgsm', scale)
+  job = reproduce.attack_job(reproduce.run_dir(new, paper_tables.PLAIN, 0), 'fgsm', scale)
+  assert written.command != job.command
+  report = {'command': written.command, 'reproduce_workdir': old, 'complete': True,
+            'rows': []}
+  os.makedirs(os.path.dirname(job.output))
+  with open(job.output, 'w') as f:
+    json.dump(report, f)
+  messages = []
+  run = reproduce.Reproduction(scale, new, log=messages.append)
+  assert reproduce.ensure_evaluated(job, run) == report
+  assert messages == []  # neither evaluated nor resumed
+  # Written by another reproduction folder, the same command is another evaluation.
+  assert reproduce.command_in_workdir(report, '/a/third/place') != job.command
+  assert reproduce.command_in_workdir({'command': job.command}, old) == job.command
