@@ -18,64 +18,19 @@ run's events and draws the plot here.
 """
 
 import argparse
-import glob
 import json
 import os
-import statistics
 import sys
 from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from l2lda_jax.summaries import read_event_times, training_clock  # noqa: E402
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
   """The steps of WORKDIR/checkpoints/<step>, ascending."""
   folder = os.path.join(workdir, 'checkpoints')
   return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
-
-
-def read_event_times(workdir: str) -> list[list[tuple[int, float]]]:
-  """[(step, wall time)] of every logged event, one list per events file (process), oldest
-  file first."""
-  import tensorflow as tf
-  files = []
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*')),
-                     key=os.path.getmtime):
-    files.append([(int(event.step), event.wall_time)
-                  for event in tf.compat.v1.train.summary_iterator(path)
-                  if event.summary.value])
-  return [times for times in files if times]
-
-
-def training_clock(event_files: list[list[tuple[int, float]]],
-                   max_gap_s: float = 300.0) -> list[tuple[int, float]]:
-  """[(step, training seconds)] along the path the final model took.
-
-  Each events file is one process; a step's time is that of its first event (one event
-  per scalar). Steps that a later process redid (it resumed from an older checkpoint) are
-  dropped from the earlier file. A gap longer than `max_gap_s` between consecutive logged
-  steps (a paused process, the time between a kill and a resume) is counted as one
-  typical gap (the median), not as its wall time.
-  """
-  kept = []
-  for i, times in enumerate(event_files):
-    later_starts = [min(step for step, _ in later) for later in event_files[i + 1:]]
-    limit = min(later_starts, default=float('inf'))
-    first_wall = {}
-    for step, wall in times:
-      if step < limit:
-        first_wall[step] = min(wall, first_wall.get(step, wall))
-    kept += [(wall, step) for step, wall in first_wall.items()]
-  kept.sort()
-  if not kept:
-    return []
-  gaps = [b[0] - a[0] for a, b in zip(kept, kept[1:])]
-  typical = statistics.median(gaps) if gaps else 0.0
-  clock, seconds = [(kept[0][1], 0.0)], 0.0
-  for gap, (_, step) in zip(gaps, kept[1:]):
-    seconds += gap if gap <= max_gap_s else typical
-    clock.append((step, seconds))
-  return clock
 
 
 def minute_of_step(clock: list[tuple[int, float]], step: int) -> float:

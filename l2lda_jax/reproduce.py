@@ -463,16 +463,23 @@ def reproduce_table(table: Table, run: Reproduction) -> dict:
           'evaluation_commands': jobs}
 
 
+def train_seconds(trained: TrainedModel) -> Optional[float]:
+  """The model's training wall time: its one process's (results.json) or, for a run killed
+  and resumed, every process's working time read from its TensorBoard events."""
+  if trained.results.get('resumed_from_step') is None:
+    return trained.results.get('train_seconds_this_process')
+  from l2lda_jax import summaries
+  return summaries.training_seconds(trained.directory)
+
+
 def model_records(trained: dict) -> list[dict]:
-  """Each model's command, best checkpoint and training wall time (this process's, from
-  results.json; a resumed run's earlier processes are not in it)."""
+  """Each model's command, best checkpoint and training wall time."""
   records = []
   for t in trained.values():
     best = t.results.get('best_on_validation') or t.results.get('last') or {}
     records.append({'name': t.model.name, 'seed': t.seed + t.model.seed_offset,
                     'directory': t.directory, 'command': t.command,
-                    'best_step': best.get('step'),
-                    'train_seconds': t.results.get('train_seconds_this_process'),
+                    'best_step': best.get('step'), 'train_seconds': train_seconds(t),
                     'resumed_from_step': t.results.get('resumed_from_step')})
   return records
 

@@ -68,8 +68,11 @@ def table_markdown(result: dict) -> str:
             '|---|---|---|---|---|']
   for model in result['models']:
     seconds = model.get('train_seconds')
+    resumed = ' (resumed; all processes, from its events)' if model.get(
+        'resumed_from_step') is not None else ''
     lines.append(f"| {model['name']} | {model['seed']} | {model.get('best_step', '')} | "
-                 f"{'' if seconds is None else f'{seconds:.0f}'} | `{model['command']}` |")
+                 f"{'' if seconds is None else f'{seconds:.0f}'}{resumed} | "
+                 f"`{model['command']}` |")
   lines += ['', '## Evaluations', '', 'Each an ordinary `evaluate.py` run (from the repository '
             'root); its JSON report, per-example correctness included, is the `--output`.',
             '', '```'] + list(result['evaluation_commands']) + ['```', '']
