@@ -63,15 +63,14 @@ def summary_writer(workdir: str, enabled: bool = True):
 
 # ----------------------------------------------------------------------------- reading back
 def read_event_times(workdir: str) -> list[list[tuple[int, float]]]:
-  """[(step, wall time)] of every logged event, one list per events file (process), oldest
-  file first."""
+  """[(step, wall time)] of every logged event, one list per events file (process), the
+  oldest process first (by its first event: a git checkout does not keep file times)."""
   from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
   files = []
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*')),
-                     key=os.path.getmtime):
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
     files.append([(int(event.step), event.wall_time)
                   for event in EventFileLoader(path).Load() if event.summary.value])
-  return [times for times in files if times]
+  return sorted((times for times in files if times), key=lambda times: times[0][1])
 
 
 def training_clock(event_files: list[list[tuple[int, float]]],

@@ -49,7 +49,8 @@ def test_a_resumed_runs_training_time_in_the_reproduction_table_covers_every_pro
       writer.write_scalars(step, {'loss': 1.0})
     writer.close()
     (path,) = folder.iterdir()
-    os.utime(path, (1e9 + i, 1e9 + i))  # the second process's file is the newer
+    # File times say the opposite order (a git checkout's); the events' own times count.
+    os.utime(path, (2e9 - i, 2e9 - i))
     path.rename(tmp_path / path.name)
   resumed = reproduce.TrainedModel(paper_tables.PGD100, 0, str(tmp_path), 'cmd', {
       'train_seconds_this_process': 40.0, 'resumed_from_step': 200})
