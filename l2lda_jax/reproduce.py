@@ -420,10 +420,19 @@ def scale_notes(scale: Scale, attacks: list[str]) -> list[str]:
 
 
 def reproduce_table(table: Table, run: Reproduction) -> dict:
-  """Trains and evaluates everything `table` needs; returns the table's result dict."""
+  """Trains and evaluates everything `table` needs; returns the table's result dict. Each
+  row's model is trained just before its columns are evaluated (surrogates before the first
+  row that attacks through them), so a long reproduction has its first rows early."""
   scale, seeds = run.scale, run.seeds
-  trained = {(m.name, k): ensure_trained(m, k, run)
-             for k in range(seeds) for m in table.models()}
+  trained = {}
+
+  def trained_model(model: Model, k: int) -> TrainedModel:
+    if (model.name, k) not in trained:
+      trained[(model.name, k)] = ensure_trained(model, k, run)
+    return trained[(model.name, k)]
+
+  surrogate_models = list(dict.fromkeys(c.surrogate for s in table.sections for c in s.columns
+                                        if c.surrogate))
   jobs, sections = [], []
   for section in table.sections:
     labels = table_columns(table, section)
@@ -431,8 +440,8 @@ def reproduce_table(table: Table, run: Reproduction) -> dict:
     for row in section.rows:
       per_seed = []
       for k in range(seeds):
-        surrogates = {name: t for (name, seed), t in trained.items() if seed == k}
-        per_seed.append(model_cells(section.columns, trained[(row.model.name, k)], surrogates,
+        surrogates = {m.name: trained_model(m, k) for m in surrogate_models}
+        per_seed.append(model_cells(section.columns, trained_model(row.model, k), surrogates,
                                     table.autoattack, run, jobs))
       cells = {}
       for label in labels:

@@ -207,3 +207,32 @@ def test_a_reproduction_folder_moved_elsewhere_keeps_its_finished_evaluations(tm
   # Written by another reproduction folder, the same command is another evaluation.
   assert reproduce.command_in_workdir(report, '/a/third/place') != job.command
   assert reproduce.command_in_workdir({'command': job.command}, old) == job.command
+
+
+@pytest.mark.parametrize('name', ['table2', 'table3'])
+def test_each_rows_model_is_evaluated_before_the_next_is_trained(name, monkeypatch):
+  """A reproduction of many hours has its first rows' numbers early: train a row, evaluate
+  it, then the next; Table 3's surrogates are trained before the first row attacked through
+  them, once."""
+  events = []
+
+  def fake_train(model, k, run):
+    events.append(('train', model.name))
+    return reproduce.TrainedModel(model, k, f'/runs/{model.name}', 'cmd', {})
+
+  def fake_cells(columns, trained, surrogates, autoattack, run, jobs):
+    assert all(('train', s) in events for s in surrogates)
+    events.append(('evaluate', trained.model.name))
+    return {label: 50.0 for label in reproduce.table_columns(
+        paper_tables.TABLES[name], paper_tables.TABLES[name].sections[0])}
+
+  monkeypatch.setattr(reproduce, 'ensure_trained', fake_train)
+  monkeypatch.setattr(reproduce, 'model_cells', fake_cells)
+  table = paper_tables.TABLES[name]
+  reproduce.reproduce_table(table, reproduce.Reproduction(reproduce.SCALES['smoke'], '/w'))
+  rows = [row.model.name for row in table.sections[0].rows]
+  surrogates = [m.name for m in paper_tables.TABLE3_SURROGATES] if name == 'table3' else []
+  expected = [('train', s) for s in surrogates]
+  for row in rows:
+    expected += [('train', row), ('evaluate', row)]
+  assert events == expected
