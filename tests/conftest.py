@@ -16,6 +16,12 @@ sys.path.insert(0, ROOT)  # `configs` is imported as a package by the config fil
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       tempfile.mkdtemp(prefix='l2lda_jax_test_xla_cache_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
+# XLA:CPU's LLVM optimisation is most of the compile time of these tiny programs, which then
+# run a few steps: the suite compiles without it (docs/PERFORMANCE.md: a test file in 0.61x
+# the time). Results agree to float rounding; the suite compares programs built alike, or
+# within a tolerance. Subprocesses inherit it (and add their own flags to it).
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import finish_processes, read_npz
+from conftest import TEST_XLA_FLAGS, finish_processes, read_npz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(ROOT, 'tests', 'resume_harness.py')
@@ -37,7 +37,7 @@ EVAL_FLAGS = ('--mock=learnable', '--attacks=clean,fgsm,pgd3', '--num_examples=4
 # ----------------------------------------------------------------------------- processes
 def _env(devices: int) -> dict:
   return dict(os.environ, JAX_PLATFORMS='cpu',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+              XLA_FLAGS=f'{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}')
 
 
 def _start(script: str, devices: int, *args) -> subprocess.Popen:

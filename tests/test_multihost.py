@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import finish_processes, read_npz
+from conftest import TEST_XLA_FLAGS, finish_processes, read_npz
 from l2lda_jax import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +85,7 @@ def _free_port() -> int:
 
 
 def _harness(workdir, *options) -> subprocess.Popen:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')  # one CPU device per process
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=TEST_XLA_FLAGS)  # one CPU device per process
   return subprocess.Popen([sys.executable, HARNESS, str(workdir), 'l2lda', '0',
                            f'steps={STEPS}', *options], env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
