@@ -83,12 +83,18 @@ def make_generator_optimizer(config) -> optax.GradientTransformation:
 
 
 def init_generator_state(generator, gen_tx, settings, image_shape, seed) -> GeneratorState:
+  """A fresh generator state, built by one compiled program (see train.init_train_state)."""
   h, w, c = image_shape
-  inputs = jnp.zeros((2, h, w, generator_input_channels(settings, c)))
-  variables = generator.init(jax.random.PRNGKey(seed + 7919), inputs,
-                             jnp.zeros((2, settings.z_dim)), jnp.zeros((2,), jnp.int32))
-  return GeneratorState(variables['params'], variables['batch_stats'],
-                        gen_tx.init(variables['params']))
+
+  @jax.jit
+  def init(key):
+    inputs = jnp.zeros((2, h, w, generator_input_channels(settings, c)))
+    variables = generator.init(key, inputs, jnp.zeros((2, settings.z_dim)),
+                               jnp.zeros((2,), jnp.int32))
+    return GeneratorState(variables['params'], variables['batch_stats'],
+                          gen_tx.init(variables['params']))
+
+  return init(jax.random.PRNGKey(seed + 7919))
 
 
 def generator_fn_for(generator, params, train: bool = True):

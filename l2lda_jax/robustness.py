@@ -183,13 +183,14 @@ def gradient_attack(spec: AttackSpec, eps: float, step_size: Optional[float] = N
 
 
 def make_batch_eval(apply_fn, attack, return_adv: bool = False):
-  """Jitted (variables, uint8 images, y, key) -> (correct, Linf distance, box violation),
-  and x_adv last when `return_adv`."""
+  """Jitted (variables, uint8 images, y, key, **attack_kwargs) -> (correct, Linf distance,
+  box violation), and x_adv last when `return_adv`. Keyword arguments go to the attack
+  traced, so one compilation serves every value (the figures' eps grid)."""
 
-  def run(variables, images, y, key):
+  def run(variables, images, y, key, **attack_kwargs):
     x = data_lib.to_float(images)
     logits_fn = functools.partial(apply_fn, variables)
-    x_adv = x if attack is None else attack(logits_fn, x, y, key)
+    x_adv = x if attack is None else attack(logits_fn, x, y, key, **attack_kwargs)
     correct = jnp.argmax(logits_fn(x_adv), -1) == y
     outputs = (correct, *_violations(x, x_adv))
     return outputs + (x_adv,) if return_adv else outputs
@@ -714,10 +715,13 @@ def make_figures(classifier: Classifier, test: data_lib.Split, options: EvalOpti
   grid = sorted({round(eps * f, 6) for f in (0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)} |
                 {options.large_eps})
   spec = AttackSpec(f'pgd{options.check_pgd_steps}', 'pgd', options.check_pgd_steps)
+  # eps is an argument, not a constant: one compilation serves the whole grid.
+  pgd_at = lambda logits_fn, x, y, key, eps: gradient_attack(spec, eps)(logits_fn, x, y, key)
+  batch_eval = make_batch_eval(classifier.apply_fn, pgd_at)
   accuracies = []
   for value in grid:
-    batch_eval = make_batch_eval(classifier.apply_fn, gradient_attack(spec, value))
-    correct, _, _ = run_batched(batch_eval, classifier.variables, subset, options.batch_size,
+    correct, _, _ = run_batched(functools.partial(batch_eval, eps=np.float32(value)),
+                                classifier.variables, subset, options.batch_size,
                                 key, f'{spec.name} eps {value:g}', options.progress)
     accuracies.append(float(np.mean(correct)))
   figures.plot_accuracy_vs_eps(grid, accuracies, paths['accuracy_vs_eps.png'],

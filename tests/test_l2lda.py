@@ -16,8 +16,19 @@ def _leaves_changed(before, after):
                                                 jax.tree_util.tree_leaves(after))]
 
 
+def _game_config(method: str = 'l2lda'):
+  """configs/mnist.py:smoke for `method`, with XLA's own convolutions: its game step
+  compiles in under half the time of the CPU forms' (whose equal values and gradients
+  test_convolution checks), and nothing checked here depends on the form. Only for
+  programs run once: under the suite's -O0 (conftest) XLA's convolutions run slowly."""
+  config = mnist.get_config('smoke')
+  config.method = method
+  config.conv_impl = 'native'
+  return config
+
+
 def _one_game_step(config, image_shape, batch=4):
-  model = create_classifier(config.model)
+  model = create_classifier(config.model, conv_impl=config.conv_impl)
   tx = train.make_optimizer(config.train)
   state = train.create_train_state(config, model, tx, image_shape, 10)
   _, game = train.make_train_steps(config, model, tx, 10, image_shape[-1])
@@ -33,8 +44,7 @@ def _one_game_step(config, image_shape, batch=4):
 def mnist_game_step():
   """(config, (before, after, metrics)): one L2L-DA game step (k = 1) of configs/mnist.py:smoke,
   shared by the tests that read it (each game step compiles for seconds)."""
-  config = mnist.get_config('smoke')
-  config.method = 'l2lda'
+  config = _game_config()
   return config, _one_game_step(config, (28, 28, 1))
 
 
@@ -56,8 +66,7 @@ def test_k_generator_updates_per_classifier_update(mnist_game_step):
   """updates_per_step=2: the first ascent is the k=1 step, the second moves the generator
   further, and the classifier trains on the once-updated generator's attack."""
   _, (_, one, _) = mnist_game_step
-  config = mnist.get_config('smoke')
-  config.method = 'l2lda'
+  config = _game_config()
   assert config.generator.updates_per_step == 1  # the shared step is the k=1 step
   config.generator.updates_per_step = 2
   _, two, metrics = _one_game_step(config, (28, 28, 1))
@@ -67,8 +76,7 @@ def test_k_generator_updates_per_classifier_update(mnist_game_step):
 
 
 def test_l2l_star_is_one_shot_without_z_label_or_delta():
-  config = mnist.get_config('smoke')
-  config.method = 'l2l'
+  config = _game_config('l2l')
   settings = l2lda.game_settings(config, 10)
   assert settings.options.steps == 1 and not settings.options.use_delta
   assert settings.options.step_size == pytest.approx(config.eps)
@@ -169,12 +177,12 @@ def test_worst_draw_picks_each_images_highest_loss_draw():
   np.testing.assert_array_equal(chosen_labels, labels[:2])
 
 
-def test_worst_draw_changes_only_what_the_classifier_trains_on():
+def test_worst_draw_changes_only_what_the_classifier_trains_on(mnist_game_step):
   """classifier_sees = 'worst_draw': the same generator update as 'all_draws' (the
   generator's objective is untouched), a different classifier update."""
-  config = mnist.get_config('smoke')
-  config.method = 'l2lda'
-  _, all_draws, _ = _one_game_step(config, (28, 28, 1))
+  config, (_, all_draws, _) = mnist_game_step
+  assert config.generator.classifier_sees == 'all_draws'  # the shared step is the default
+  config = _game_config()
   config.generator.classifier_sees = 'worst_draw'
   _, worst, metrics = _one_game_step(config, (28, 28, 1))
   assert not any(_leaves_changed(all_draws.generator.params, worst.generator.params))
