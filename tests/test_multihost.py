@@ -85,7 +85,8 @@ def _free_port() -> int:
 
 
 def _harness(workdir, *options) -> subprocess.Popen:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=TEST_XLA_FLAGS)  # one CPU device per process
+  # One CPU device per process: the suite's flags without a device count.
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=TEST_XLA_FLAGS)
   return subprocess.Popen([sys.executable, HARNESS, str(workdir), 'l2lda', '0',
                            f'steps={STEPS}', *options], env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
