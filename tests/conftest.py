@@ -109,13 +109,30 @@ def read_npz(path) -> dict:
     return {name: saved[name] for name in saved.files}
 
 
+# The files that take longest (`--durations`, docs/PERFORMANCE.md), in that order, go to the
+# xdist workers first: given last, one of them ran alone at the end while the other worker
+# sat idle (test_data_parallel.py's 108 s after 86 s of idling).
+SLOWEST_FILES = ('test_evaluate.py', 'test_train.py', 'test_data_parallel.py', 'test_l2lda.py',
+                 'test_attacks.py')
+
+
 def pytest_configure(config):
   config.addinivalue_line('markers', f'slow: minutes of CPU; runs only with {SLOW_TESTS_VARIABLE}=1')
+  if hasattr(config.option, 'loadscopereorder'):
+    # xdist's --dist loadfile would hand out the files with most tests first instead.
+    config.option.loadscopereorder = False
+
+
+def _slowest_first(item) -> int:
+  name = os.path.basename(str(item.path))
+  return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
 
 
 def pytest_collection_modifyitems(config, items):
-  """Tests marked slow (several processes, each compiling a whole training run) run only
-  when asked, so the README's test command stays within CI's time; the summary names them."""
+  """The slowest files first (a stable sort: each file's tests keep their order). Tests
+  marked slow (several processes, each compiling a whole training run) run only when asked,
+  so the README's test command stays within CI's time; the summary names them."""
+  items.sort(key=_slowest_first)
   if os.environ.get(SLOW_TESTS_VARIABLE) == '1':
     return
   skip = pytest.mark.skip(reason=f'slow: run with {SLOW_TESTS_VARIABLE}=1')
