@@ -15,17 +15,24 @@ ApplyFn = Callable
 Attack = Callable  # (logits_fn, x, y, key) -> x_adv
 
 
+def attack_and_classify(apply_fn: ApplyFn, attack: Optional[Attack], variables, images,
+                        labels, key, **attack_kwargs):
+  """(x, x_adv, per-example correctness on x_adv) of uint8 `images`; x_adv is x when
+  `attack` is None. Traceable: the body of every evaluation's jitted batch function."""
+  x = data_lib.to_float(images)
+  logits_fn = lambda v: apply_fn(variables, v)
+  x_adv = x if attack is None else attack(logits_fn, x, labels, key, **attack_kwargs)
+  return x, x_adv, jnp.argmax(logits_fn(x_adv), axis=-1) == labels
+
+
 def make_correct_fn(apply_fn: ApplyFn, attack: Optional[Attack]):
   """A jitted fn (variables, uint8 images, labels, key, **attack_kwargs) -> per-example
   correctness. Keyword arguments go to the attack traced, not as constants, so one
   compilation serves every value (validation's PGD at three radii)."""
 
   def correct(variables, images, labels, key, **attack_kwargs):
-    x = data_lib.to_float(images)
-    logits_fn = lambda v: apply_fn(variables, v)
-    if attack is not None:
-      x = attack(logits_fn, x, labels, key, **attack_kwargs)
-    return jnp.argmax(logits_fn(x), axis=-1) == labels
+    return attack_and_classify(apply_fn, attack, variables, images, labels, key,
+                               **attack_kwargs)[2]
 
   return jax.jit(correct)
 

@@ -188,10 +188,8 @@ def make_batch_eval(apply_fn, attack, return_adv: bool = False):
   traced, so one compilation serves every value (the figures' eps grid)."""
 
   def run(variables, images, y, key, **attack_kwargs):
-    x = data_lib.to_float(images)
-    logits_fn = functools.partial(apply_fn, variables)
-    x_adv = x if attack is None else attack(logits_fn, x, y, key, **attack_kwargs)
-    correct = jnp.argmax(logits_fn(x_adv), -1) == y
+    x, x_adv, correct = evaluation.attack_and_classify(apply_fn, attack, variables, images, y,
+                                                       key, **attack_kwargs)
     outputs = (correct, *_violations(x, x_adv))
     return outputs + (x_adv,) if return_adv else outputs
 
