@@ -19,8 +19,12 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 # XLA:CPU's LLVM optimisation is most of the compile time of these tiny programs, which then
 # run a few steps: the suite compiles without it (docs/PERFORMANCE.md: a test file in 0.61x
 # the time). Results agree to float rounding; the suite compares programs built alike, or
-# within a tolerance. Subprocesses inherit it (and add their own flags to it).
-TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
+# within a tolerance. Its operations also run on one thread each: the two xdist workers (and
+# the subprocesses some tests start) already fill both cores, and Eigen's thread pool beside
+# them adds switching (docs/PERFORMANCE.md: three test files in 0.89-0.94x the time, two
+# A/B pairs; the whole suite's run-to-run spread is larger).
+# Subprocesses inherit both (and add their own flags to them).
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_multi_thread_eigen=false'
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 

@@ -1,18 +1,22 @@
-"""Data parallelism: a run, its checkpoints and its evaluation on 8 devices equal those on 1.
+"""Training in processes of its own: a run, its checkpoints and its evaluation on 8 devices
+equal those on 1, and a run killed with SIGKILL resumes to the same state.
 
 The 8 devices are XLA:CPU host devices (`--xla_force_host_platform_device_count=8`), in
 their own process (the device count is fixed when JAX starts). The batch is sharded over
 the ('data',) mesh and the state replicated, so every statistic of the step (the losses'
 batch means, the generator's conditional BatchNorm) is over the global batch: only the
 order of the floating-point sums may differ. Processes that do not depend on each other
-run at once; the tiny runs are trained once per module and shared.
+run at once; the tiny runs are trained once per module and shared (the uninterrupted
+1-device L2L-DA run is the reference of both the 8-device and the SIGKILL test).
 """
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -26,9 +30,12 @@ DEVICES = 8
 TIMEOUT_S = 1800  # per process: minutes of compiling on a 2-core machine shared with others
 PGD_STEPS = 8  # checkpoints 6 and 8 are kept (every 2, keep 2)
 RESUME_STEP = PGD_STEPS - 2
-# Step 0 clean, then five game steps on both networks (the learning rate decays at step 3):
-# the harness's whole 24-step run compiles the same programs and took 1.4x the CPU time.
-L2LDA_STEPS = 6
+# The harness's short run: step 0 clean, then seven game steps on both networks (the
+# learning rate decays at step 4), a checkpoint every 2 steps, two kept. Its whole 24-step
+# run compiles the same programs and took 1.4x the CPU time.
+L2LDA_STEPS = 8
+KILL_AFTER_CHECKPOINT = 4  # with four slowed steps and the final test still to go
+KILLED_STEP_DELAY_S = 0.2
 # The evaluated classifier: trained without attacks on learnable mock data, so that the
 # attacks break some examples and not others (a pgd run this short learns nothing).
 EVAL_MODEL_OPTIONS = ('steps=80', 'data=learnable', 'learning_rate=0.05')
@@ -48,8 +55,20 @@ def _start(script: str, devices: int, *args) -> subprocess.Popen:
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _train(workdir, devices: int, method: str, *options) -> subprocess.Popen:
-  return _start(HARNESS, devices, workdir, method, 0, *options)
+def _train(workdir, devices: int, method: str, *options, step_delay_s: float = 0
+           ) -> subprocess.Popen:
+  return _start(HARNESS, devices, workdir, method, step_delay_s, *options)
+
+
+def _kill_once_saved(process: subprocess.Popen, workdir, step: int, timeout_s: float) -> None:
+  """SIGKILLs `process` as soon as its checkpoint `step` exists."""
+  deadline = time.time() + timeout_s
+  while not (workdir / 'checkpoints' / str(step)).exists():
+    assert process.poll() is None, process.stderr.read()[-2000:]
+    assert time.time() < deadline, f'no checkpoint {step} appeared'
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -82,17 +101,46 @@ def _assert_states_close(got: dict, expected: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- training
-@pytest.mark.parametrize('devices', [DEVICES])
-def test_an_l2lda_run_on_8_devices_equals_the_run_on_1(devices, tmp_path):
-  one, many = tmp_path / 'one', tmp_path / 'many'
+@pytest.fixture(scope='module')
+def l2lda_runs(tmp_path_factory) -> dict:
+  """Workdirs of L2LDA_STEPS-step L2L-DA runs on random mock data: 'one' (1 device),
+  'many' (8 devices), and 'killed' (1 device, SIGKILLed once checkpoint
+  KILL_AFTER_CHECKPOINT exists, then run again to its end). The victim and the 8-device run
+  go first; the resumed and the uninterrupted 1-device run then read the victim's compiled
+  programs from the suite's compilation cache."""
+  root = tmp_path_factory.mktemp('l2lda')
+  workdirs = {name: root / name for name in ('one', 'many', 'killed')}
   steps = f'steps={L2LDA_STEPS}'
-  finish_processes([_train(one, 1, 'l2lda', steps), _train(many, devices, 'l2lda', steps)],
-                   TIMEOUT_S)
-  expected = _final_state(one, 1)
+  many = _train(workdirs['many'], DEVICES, 'l2lda', steps)
+  victim = _train(workdirs['killed'], 1, 'l2lda', steps, step_delay_s=KILLED_STEP_DELAY_S)
+  try:
+    _kill_once_saved(victim, workdirs['killed'], KILL_AFTER_CHECKPOINT, TIMEOUT_S)
+  except BaseException:
+    many.kill()
+    raise
+  assert not (workdirs['killed'] / 'final_params.npz').exists()  # it really died mid-run
+  finish_processes([many, _train(workdirs['killed'], 1, 'l2lda', steps),
+                    _train(workdirs['one'], 1, 'l2lda', steps)], TIMEOUT_S)
+  return workdirs
+
+
+@pytest.mark.parametrize('devices', [DEVICES])
+def test_an_l2lda_run_on_8_devices_equals_the_run_on_1(devices, l2lda_runs):
+  expected = _final_state(l2lda_runs['one'], 1)
   assert int(expected["['step']"]) == L2LDA_STEPS
   generator_stats = [name for name in expected if 'generator' in name and 'batch_stats' in name]
   assert generator_stats  # the conditional BN statistics are compared too
-  _assert_states_close(_final_state(many, devices), expected)
+  _assert_states_close(_final_state(l2lda_runs['many'], devices), expected)
+
+
+# L2L-DA only: its state (two networks, two optimisers, BN statistics) covers pgd's, whose
+# resume tests/test_train.py checks in-process.
+def test_sigkill_then_resume_equals_the_uninterrupted_run(l2lda_runs):
+  assert _results(l2lda_runs['killed'])['resumed_from_step'] >= KILL_AFTER_CHECKPOINT
+  resumed, whole = _final_state(l2lda_runs['killed'], 1), _final_state(l2lda_runs['one'], 1)
+  assert sorted(resumed) == sorted(whole)
+  for name in whole:  # the same programs on the same device: bit-identical
+    np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)
 
 
 @pytest.fixture(scope='module')
