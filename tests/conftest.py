@@ -22,9 +22,13 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 # within a tolerance. Its operations also run on one thread each: the two xdist workers (and
 # the subprocesses some tests start) already fill both cores, and Eigen's thread pool beside
 # them adds switching (docs/PERFORMANCE.md: three test files in 0.89-0.94x the time, two
-# A/B pairs; the whole suite's run-to-run spread is larger).
-# Subprocesses inherit both (and add their own flags to them).
-TEST_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_multi_thread_eigen=false'
+# A/B pairs; the whole suite's run-to-run spread is larger). And it emits its fusions the
+# older way, not with the MLIR fusion emitters, which take most of the remaining compile
+# time (docs/PERFORMANCE.md: a tiny L2L-DA run's compilation 21-23 -> 9-11 s, its process
+# 0.65x the CPU time).
+# Subprocesses inherit all three (and add their own flags to them).
+TEST_XLA_FLAGS = ('--xla_backend_optimization_level=0 --xla_cpu_multi_thread_eigen=false '
+                  '--xla_cpu_use_fusion_emitters=false')
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 
@@ -58,6 +62,25 @@ def make_tiny_mnist_config():
   config.generator.width = 8
   config.generator.steps = 2
   return config
+
+
+def tiny_mnist_config_flags() -> list[str]:
+  """train.py flags that turn configs/mnist.py:smoke into make_tiny_mnist_config() (every
+  field that differs), so that a train.py process compiles exactly the tiny runs' programs
+  and reads them from the suite's compilation cache."""
+  from configs import mnist
+  tiny, smoke = make_tiny_mnist_config().to_dict(), mnist.get_config('smoke').to_dict()
+
+  def leaves(tree, prefix=''):
+    for name, value in tree.items():
+      if isinstance(value, dict):
+        yield from leaves(value, f'{prefix}{name}.')
+      else:
+        yield f'{prefix}{name}', value
+
+  smoke_values = dict(leaves(smoke))
+  return [f'--config.{name}={value}' for name, value in leaves(tiny)
+          if value != smoke_values[name]]
 
 
 def learnable_mnist_mock(num_examples: int = 256):

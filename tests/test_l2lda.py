@@ -185,6 +185,14 @@ def test_worst_draw_changes_only_what_the_classifier_trains_on(mnist_game_step):
   config = _game_config()
   config.generator.classifier_sees = 'worst_draw'
   _, worst, metrics = _one_game_step(config, (28, 28, 1))
-  assert not any(_leaves_changed(all_draws.generator.params, worst.generator.params))
-  assert any(_leaves_changed(all_draws.params, worst.params))
+  # Two programs, fused differently: equal means equal to float rounding (measured 2e-7 of
+  # a leaf's largest value), different means far beyond it (the classifier: 0.26).
+  for same, other in zip(jax.tree_util.tree_leaves(all_draws.generator.params),
+                         jax.tree_util.tree_leaves(worst.generator.params)):
+    np.testing.assert_allclose(other, same, rtol=1e-5, atol=1e-6)
+  classifier_change = max(
+      float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+      for a, b in zip(jax.tree_util.tree_leaves(all_draws.params),
+                      jax.tree_util.tree_leaves(worst.params)))
+  assert classifier_change > 1e-2
   assert np.isfinite(metrics['loss'])

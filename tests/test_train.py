@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import make_tiny_mnist_config
+from conftest import make_tiny_mnist_config, tiny_mnist_config_flags
 
 from configs import mnist
 from l2lda_jax import checkpoint as checkpoint_lib
@@ -215,7 +215,7 @@ def test_config_json_paths_are_absolute_so_the_workdir_moves_with_its_user(monke
   assert config.data.manual_dir == 'data/mnist'  # the run's own config is not changed
 
 
-def test_start_up_prints_only_the_run_the_data_and_the_devices(tmp_path):
+def test_start_up_prints_only_the_run_the_data_and_the_devices(tmp_path, tiny_run):
   """train.py's output before the first progress line: our three lines, no library INFO
   (TFDS, orbax, JAX backends, TensorFlow's oneDNN notice); --verbose brings them back."""
   def start(*flags):
@@ -226,13 +226,11 @@ def test_start_up_prints_only_the_run_the_data_and_the_devices(tmp_path):
               'with tfds.testing.mock_data(num_examples=96):\n'
               '  app.run(train.main)')
     outputs = [open(tmp_path / f'{len(flags)}.{name}', 'w+') for name in ('out', 'err')]
+    # tiny_run('plain')'s config: its programs are in the compilation cache already.
     process = subprocess.Popen(
         [sys.executable, '-c', script, 'train.py', '--config=configs/mnist.py:smoke',
-         '--config.method=plain', '--config.train.steps=5', '--config.log_every_steps=5',
-         '--config.eval.every_steps=5', '--config.checkpoint.every_steps=5',
-         '--config.eval.num_examples=16', '--config.test.num_examples=32',
-         '--config.data.validation_size=16', f'--workdir={tmp_path / str(len(flags))}',
-         *flags],
+         *tiny_mnist_config_flags(), '--config.method=plain',
+         f'--workdir={tmp_path / str(len(flags))}', *flags],
         cwd=ROOT, stdout=outputs[0], stderr=outputs[1],
         env={k: v for k, v in os.environ.items() if not k.startswith('TF_')})
     return process, outputs
@@ -252,11 +250,12 @@ def test_start_up_prints_only_the_run_the_data_and_the_devices(tmp_path):
     stdout, stderr = [read(file) for file in outputs]
     assert process.returncode == 0, stderr[-2000:]
     lines = (stdout + stderr).splitlines()
-    first_step = next(i for i, line in enumerate(lines) if '] step 5/5' in line)
+    first_step = next(i for i, line in enumerate(lines) if '] step 3/6' in line)
     return lines[:first_step]
 
-  # One after the other: the second run reads the first's programs from the compilation
-  # cache (run at once, both compiled them: 1.35x the CPU time, measured).
+  tiny_run('plain')  # compiles the programs both runs below read from the cache
+  # One after the other: run at once, both loaded them (and when the cache was cold, both
+  # compiled them: 1.35x the CPU time, measured).
   quiet = start_up_lines(*start())
   verbose = start_up_lines(*start('--verbose'))
   assert [line.split('] ', 1)[1].split(':')[0] for line in quiet] == ['run', 'data', 'devices']
