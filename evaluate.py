@@ -33,6 +33,10 @@ flags.DEFINE_float('pgd_step_size', None, 'PGD step (default: eps/4 for k <= 20,
 flags.DEFINE_list('surrogates', [], 'Workdirs of surrogate classifiers for --attacks=transfer.')
 flags.DEFINE_string('transfer_attack', 'pgd40', 'White-box attack run on each surrogate: a '
                     'gradient attack, or l2lda / l2l (a generator trained against it).')
+flags.DEFINE_string('transfer_generator_cache', '', 'Folder where --attacks=transfer keeps the '
+                    'l2lda / l2l generators it trains on each surrogate; a later evaluation of '
+                    'another model with the same surrogate, data and generator flags reads them '
+                    'instead of training again (off when empty).')
 flags.DEFINE_integer('generator_steps', 1000, 'Training steps of the l2lda/l2l attack generator.')
 flags.DEFINE_integer('generator_draws', 10, 'z draws per image of the l2lda attack.')
 flags.DEFINE_integer('generator_unroll_steps', 10, 'T of the l2lda attack (SPEC section 6).')
@@ -84,6 +88,7 @@ def main(argv):
         transfer_attack=FLAGS.transfer_attack, generator_steps=FLAGS.generator_steps,
         generator_draws=FLAGS.generator_draws,
         generator_unroll_steps=FLAGS.generator_unroll_steps,
+        transfer_generator_cache=FLAGS.transfer_generator_cache,
         generative_config_variant=FLAGS.generative_config_variant, checks=FLAGS.checks,
         check_examples=FLAGS.check_examples, check_pgd_steps=FLAGS.check_pgd_steps,
         large_eps=FLAGS.large_eps, figures_dir=FLAGS.figures_dir,

@@ -268,13 +268,15 @@ def attack_job(directory: str, attack: str, scale: Scale) -> EvalJob:
                  os.path.join(directory, 'reproduce', f'{name}.json'))
 
 
-def transfer_job(directory: str, attack: str, surrogate_dirs: list[str],
-                 scale: Scale) -> EvalJob:
-  """`evaluate.py --attacks=transfer`: `attack` run on each surrogate, fed to the model."""
+def transfer_job(directory: str, attack: str, surrogate_dirs: list[str], scale: Scale,
+                 generator_cache: str) -> EvalJob:
+  """`evaluate.py --attacks=transfer`: `attack` run on each surrogate, fed to the model.
+  A generator attack is trained once per surrogate, in `generator_cache`, for every row."""
   name = scale.attack(attack)
+  cache = (('transfer_generator_cache', generator_cache),) if name in ('l2lda', 'l2l') else ()
   return EvalJob(_common_values(directory, scale)
                  + (('attacks', 'transfer'), ('surrogates', tuple(surrogate_dirs)),
-                    ('transfer_attack', name)) + attack_values(name, scale),
+                    ('transfer_attack', name)) + attack_values(name, scale) + cache,
                  os.path.join(directory, 'reproduce', f'transfer-{name}.json'))
 
 
@@ -349,13 +351,15 @@ def autoattack_row(scale: Scale) -> str:
   return 'autoattack square' if name == 'autoattack' else name
 
 
-def column_source(column: Column, trained: TrainedModel, surrogates: dict, scale: Scale):
+def column_source(column: Column, trained: TrainedModel, surrogates: dict, run: Reproduction):
   """(job, row name) whose report row is this column for this model."""
+  scale = run.scale
   if column.surrogate is None:
     job = attack_job(trained.directory, column.attack, scale)
     return job, scale.attack(column.attack)
   surrogate_dirs = [surrogates[m.name].directory for m in paper_tables.TABLE3_SURROGATES]
-  job = transfer_job(trained.directory, column.attack, surrogate_dirs, scale)
+  job = transfer_job(trained.directory, column.attack, surrogate_dirs, scale,
+                     os.path.join(run.workdir, 'transfer_generators'))
   surrogate_dir = surrogates[column.surrogate.name].directory
   return job, (f'transfer {scale.attack(column.attack)} from '
                f'{os.path.basename(os.path.normpath(surrogate_dir))}')
@@ -367,7 +371,7 @@ def model_cells(columns: tuple, trained: TrainedModel, surrogates: dict, autoatt
   attack column), AutoAttack, and the per-example worst case (correct clean and under
   every column: the image survives every attack run)."""
   values, correct, scale = {}, [], run.scale
-  sources = [(c.label, column_source(c, trained, surrogates, scale)) for c in columns]
+  sources = [(c.label, column_source(c, trained, surrogates, run)) for c in columns]
   if not any(c.attack == 'clean' for c in columns):  # the worst case counts clean errors
     sources.append((None, (attack_job(trained.directory, 'clean', scale), 'clean')))
   if autoattack:

@@ -7,6 +7,7 @@ and the per-example worst case (SPEC section 6) -> markdown table and JSON.
 
 import dataclasses
 import functools
+import hashlib
 import importlib
 import json
 import os
@@ -57,6 +58,9 @@ class EvalOptions:
   generator_batch_size: int = 100
   generator_draws: int = 10
   generator_unroll_steps: int = 10  # T of the fine-tuned L2L-DA attack (SPEC section 6)
+  # Folder of l2lda / l2l generators trained on --surrogates, reused by later transfer
+  # evaluations of other targets (Table 3 trains each once, not once per defense); '' = off.
+  transfer_generator_cache: str = ''
   checks: bool = False
   check_examples: int = 1000
   check_pgd_steps: int = 20  # PGD-k vs PGD-2k in the convergence check
@@ -229,17 +233,40 @@ def _violations(x, x_adv):
 
 # ----------------------------------------------------------------------------- generator attacks
 def train_learned_attack(kind: str, classifier: Classifier, train: data_lib.Split,
-                         options: EvalOptions, eps: float, key,
-                         log=print) -> l2lda_attack.LearnedAttack:
+                         options: EvalOptions, eps: float, key, log=print,
+                         cache_dir: str = '') -> l2lda_attack.LearnedAttack:
   """The L2L-DA (or L2L*) white-box attack of Table 2, fine-tuned against the frozen model
-  on the training split (l2lda_attack.train_learned_attack)."""
+  on the training split (l2lda_attack.train_learned_attack); with `cache_dir`, trained once
+  for the same model, data and options and then read back."""
   own = classifier.generator if classifier.config.method == kind else None
+  cache_path = (learned_attack_cache_path(cache_dir, kind, classifier, train, options, eps, key)
+                if cache_dir else '')
   return l2lda_attack.train_learned_attack(
       kind, classifier.config, functools.partial(classifier.apply_fn, classifier.variables),
       train.images, train.labels, own_generator=own, num_classes=_num_classes(classifier.config),
       eps=eps, unroll_steps=options.generator_unroll_steps, steps=options.generator_steps,
       batch_size=options.generator_batch_size, draws=options.generator_draws,
-      seed=options.seed, key=key, log=log)
+      seed=options.seed, key=key, log=log, cache_path=cache_path)
+
+
+def learned_attack_cache_path(cache_dir: str, kind: str, classifier: Classifier,
+                              train: data_lib.Split, options: EvalOptions, eps: float,
+                              key) -> str:
+  """CACHE_DIR/<kind>-<digest>.msgpack, the digest of everything the generator's training
+  reads: the attacked model (its config and weights, its own generator's too, not its
+  folder, so a moved folder still hits), the training split, eps, the generator options,
+  the seed and the key."""
+  digest = hashlib.sha256()
+  for part in (kind, classifier.config.to_json(sort_keys=True), repr(eps),
+               repr((options.generator_unroll_steps, options.generator_steps,
+                     options.generator_batch_size, options.generator_draws, options.seed))):
+    digest.update(part.encode())
+  model = jax.device_get((classifier.variables, classifier.generator))
+  for array in (*jax.tree_util.tree_leaves(model), train.images, train.labels, key):
+    array = np.ascontiguousarray(np.asarray(array))
+    digest.update(f'{array.dtype}{array.shape}'.encode())
+    digest.update(array.tobytes())
+  return os.path.join(cache_dir, f'{kind}-{digest.hexdigest()[:24]}.msgpack')
 
 
 # ----------------------------------------------------------------------------- summary
@@ -327,7 +354,8 @@ def _batch_evals_for(spec: AttackSpec, classifier: Classifier, dataset,
       surrogate = restore_classifier(directory, 'best')
       if transfer_spec.kind in ('l2lda', 'l2l'):  # Table 3's L2L-DA: trained on the surrogate
         attack = train_learned_attack(transfer_spec.kind, surrogate, dataset.train, options,
-                                      eps, jax.random.fold_in(key, 1), log)
+                                      eps, jax.random.fold_in(key, 1), log,
+                                      cache_dir=options.transfer_generator_cache)
       else:
         attack = gradient_attack(transfer_spec, eps, options.pgd_step_size)
       name = f'transfer {transfer_spec.name} from {os.path.basename(os.path.normpath(directory))}'

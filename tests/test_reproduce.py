@@ -136,6 +136,11 @@ def test_each_model_is_trained_once_by_an_ordinary_command_and_reruns_reuse_ever
       assert command in text
   assert re.search(r'python evaluate\.py .*--attacks=transfer --surrogates=\S+,\S+,\S+ '
                    r'--transfer_attack=l2lda', text)
+  # Table 3's L2L-DA generators: trained once per surrogate, read back for the other rows.
+  reads = [m for m in first if 'l2lda: using the generator trained earlier' in m]
+  rows = len(paper_tables.TABLE3.sections[0].rows)
+  assert len(reads) == (rows - 1) * len(paper_tables.TABLE3_SURROGATES)
+  assert all(os.path.join(workdir, 'transfer_generators') in m for m in reads)
 
 
 def test_cells_show_mean_and_sample_std_over_seeds():
@@ -185,6 +190,15 @@ def test_a_config_differs_only_where_the_run_could_have_run_differently():
   assert reproduce.config_differences(older, penalised) == ['train.grad_align_weight']
   longer = {**asked, 'train': {'steps': 200, 'grad_align_weight': 0.0}}
   assert reproduce.config_differences(older, longer) == ['train.steps']
+
+
+def test_only_generator_transfer_jobs_name_the_generator_cache():
+  scale, surrogates = reproduce.SCALES['cpu'], ['/w/runs/a', '/w/runs/b']
+  learned = reproduce.transfer_job('/w/runs/m', 'l2lda', surrogates, scale, '/w/generators')
+  gradient = reproduce.transfer_job('/w/runs/m', 'pgd10', surrogates, scale, '/w/generators')
+  assert ' --transfer_generator_cache=/w/generators' in learned.command
+  assert 'generator' not in gradient.command
+  assert learned.output != gradient.output
 
 
 def test_a_reproduction_folder_moved_elsewhere_keeps_its_finished_evaluations(tmp_path):

@@ -9,6 +9,8 @@ l2lda_jax.l2lda; this module only reuses its generator and objective.
 
 import dataclasses
 import functools
+import os
+import tempfile
 import time
 from typing import Optional
 
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 
 from l2lda_jax import l2lda
 from l2lda_jax.attacks import learned
@@ -153,19 +156,52 @@ def load_generator_weights(gen: GeneratorState, raw: Optional[dict]):
                                                         gen.batch_stats)), True
 
 
+def save_generator_weights(gen: GeneratorState, path: str) -> None:
+  """The trained generator's params and BN statistics as msgpack, written atomically (a
+  temporary file renamed into place), so a reader never sees half a file."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  data = serialization.msgpack_serialize(jax.device_get(
+      {'params': gen.params, 'batch_stats': gen.batch_stats}))
+  with tempfile.NamedTemporaryFile(dir=folder, suffix='.tmp', delete=False) as f:
+    f.write(data)
+  os.replace(f.name, path)
+
+
+def read_generator_weights(path: str) -> Optional[dict]:
+  """{'params', 'batch_stats'} saved by save_generator_weights, or None if absent or
+  unreadable (then the generator is trained again)."""
+  try:
+    with open(path, 'rb') as f:
+      return serialization.msgpack_restore(f.read())
+  except (OSError, ValueError, TypeError):
+    return None
+
+
 def train_learned_attack(kind: str, run_config, logits_fn, images: np.ndarray,
                          labels: np.ndarray, *, own_generator: Optional[dict],
                          num_classes: int, eps: float, unroll_steps: int, steps: int,
                          batch_size: int, draws: int, seed: int, key,
-                         log=print) -> LearnedAttack:
+                         log=print, cache_path: str = '') -> LearnedAttack:
   """Fine-tunes the run's own generator (`own_generator`, when it has the same method and
   shapes; else a fresh one) against the frozen `logits_fn` on uint8 training `images`,
-  never the test set."""
+  never the test set.
+
+  With `cache_path`, a generator saved there is used instead of training one, and one
+  trained here is saved there. The caller names the file by everything the training reads
+  (robustness.learned_attack_cache_path), so a cached generator is the one this call
+  would train: training is deterministic for a key.
+  """
   config = attack_config(run_config, kind, eps, unroll_steps)
   settings = l2lda.game_settings(config, num_classes)
   generator = l2lda.make_generator(settings, images.shape[-1])
   gen_tx = l2lda.make_generator_optimizer(config)
   gen = l2lda.init_generator_state(generator, gen_tx, settings, images.shape[1:], seed)
+  if cache_path:
+    gen, cached = load_generator_weights(gen, read_generator_weights(cache_path))
+    if cached:
+      log(f'{kind}: using the generator trained earlier, {cache_path}')
+      return LearnedAttack(gen, generator, settings, draws)
   gen, loaded = load_generator_weights(gen, own_generator)
   origin = "fine-tuning the run's generator" if loaded else 'training a fresh generator'
   log(f'{kind}: {origin} for {steps} steps against the frozen classifier')
@@ -181,4 +217,6 @@ def train_learned_attack(kind: str, run_config, logits_fn, images: np.ndarray,
       steps=steps, batch_size=batch_size, key=key, log=log_progress,
       log_every=max(1, steps // 10))
   log(f'{kind}: generator objective {float(objective):.4f} after {time.time() - start:.0f} s')
+  if cache_path:
+    save_generator_weights(gen, cache_path)
   return LearnedAttack(gen, generator, settings, draws)
