@@ -39,6 +39,9 @@ flags.DEFINE_string('transfer_generator_cache', '', 'Folder where --attacks=tran
                     'instead of training again (off when empty).')
 flags.DEFINE_integer('generator_steps', 1000, 'Training steps of the l2lda/l2l attack generator.')
 flags.DEFINE_integer('generator_draws', 10, 'z draws per image of the l2lda attack.')
+flags.DEFINE_integer('generator_restarts', 1,
+                     'Generators trained per l2lda/l2l attack (seeds seed, seed+1, ...); an '
+                     'image is broken if any breaks it. 1: the paper\'s protocol.')
 flags.DEFINE_integer('generator_unroll_steps', 10, 'T of the l2lda attack (SPEC section 6).')
 flags.DEFINE_string('generative_config_variant', '', 'Variant of configs/advgan.py and '
                     'configs/gap.py for --attacks=advgan,gap (smoke: tiny, for tests).')
@@ -86,7 +89,7 @@ def main(argv):
         num_examples=FLAGS.num_examples, split=FLAGS.split, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
         pgd_step_size=FLAGS.pgd_step_size, surrogates=FLAGS.surrogates,
         transfer_attack=FLAGS.transfer_attack, generator_steps=FLAGS.generator_steps,
-        generator_draws=FLAGS.generator_draws,
+        generator_draws=FLAGS.generator_draws, generator_restarts=FLAGS.generator_restarts,
         generator_unroll_steps=FLAGS.generator_unroll_steps,
         transfer_generator_cache=FLAGS.transfer_generator_cache,
         generative_config_variant=FLAGS.generative_config_variant, checks=FLAGS.checks,

@@ -268,7 +268,7 @@ def test_validation_split_is_evaluated_instead_of_the_test_set(plain_run):
     ({'eps': 1.5}, '--eps'), ({'batch_size': 0}, '--batch_size'),
     ({'checkpoint': 'newest'}, '--checkpoint'), ({'surrogates': ['/nonexistent']}, '--surrogates'),
     ({'generator_unroll_steps': 3}, '--generator_unroll_steps: 3 steps of eps/4 reach 0.75 eps'),
-    ({'split': 'train'}, '--split'),
+    ({'split': 'train'}, '--split'), ({'generator_restarts': 0}, '--generator_restarts'),
 ])
 def test_bad_options_name_their_flag(plain_run, overrides, message):
   options = robustness.EvalOptions(workdir=plain_run, attacks=parse_attacks('clean'),
@@ -338,6 +338,23 @@ def test_square_after_gradient_check_runs_when_both_kinds_did(plain_run):
   # What Square broke beyond PGD is at least the accuracy gap between the two rows.
   assert check['value'] >= 100 * (rows['pgd5'] - rows['square50']) - 1e-6
   assert check['passed'] == (check['value'] < 0.5)
+
+
+def test_generator_restarts_break_at_least_what_one_training_breaks(plain_run):
+  """--generator_restarts=2: restart 0 is the single training (same seed, same key), so an
+  image robust to both is robust to the first; the identity says how many there were."""
+  flags = dict(generator_steps=2, generator_draws=1, generator_unroll_steps=4,
+               generator_batch_size=16)
+  messages = []
+  once = _evaluate(plain_run, 'l2lda', **flags)
+  twice = _evaluate(plain_run, 'l2lda', log=messages.append, generator_restarts=2, **flags)
+  correct = {name: robustness.unpack_correct(r['per_example_correct']['l2lda'], 48)
+             for name, r in (('once', once), ('twice', twice))}
+  assert not np.any(correct['twice'] & ~correct['once'])
+  assert [m for m in messages if 'generator restart' in m] == [
+      'l2lda: generator restart 1/2', 'l2lda: generator restart 2/2']
+  assert 'generator_restarts' not in once['identity']  # older reports stay resumable
+  assert twice['identity']['generator_restarts'] == 2
 
 
 def test_generator_attacks_and_figures(plain_run, tmp_path):

@@ -166,6 +166,31 @@ def test_the_learned_attack_returns_the_first_draw_that_breaks_each_example():
                                          x_advs[2, 2, 0, 0, 0], x_advs[0, 3, 0, 0, 0]])
 
 
+def test_first_breaking_attack_keeps_per_example_the_first_attack_that_breaks_it():
+  """Restarts of the learned attack: attack 0 breaks example 0, attack 1 example 1 (and
+  0), none example 2; one attack alone is returned as it is."""
+  from l2lda_jax.attacks.l2lda_attack import first_breaking_attack
+  logits_fn = lambda v: v.reshape(v.shape[0], -1)[:, :2]  # class = the larger of 2 pixels
+  x = jnp.array([[1., 0], [1., 0], [1., 0]]).reshape(3, 1, 2, 1)  # all class 0
+  y = jnp.zeros(3, jnp.int32)
+  keys = []
+
+  def shift(pixels, tag):
+    def attack(logits_fn, x, y, key):
+      keys.append(key)
+      return x.at[:, 0, :, 0].set(jnp.array(pixels)) + tag  # tag: which attack it was
+    return attack
+
+  attack0 = shift([[0., 2], [1., 0], [1., 0]], 0.0)
+  attack1 = shift([[0., 3], [0., 3], [1., 0]], 0.5)
+  key = jax.random.PRNGKey(7)
+  assert first_breaking_attack([attack0]) is attack0
+  x_adv = first_breaking_attack([attack0, attack1])(logits_fn, x, y, key)
+  np.testing.assert_array_equal(x_adv[:, 0, :, 0], [[0., 2], [0.5, 3.5], [1.5, 0.5]])
+  np.testing.assert_array_equal(keys[0], key)  # attack 0 runs as it would alone
+  np.testing.assert_array_equal(keys[1], jax.random.fold_in(key, 1))
+
+
 def test_worst_draw_picks_each_images_highest_loss_draw():
   """Draw-major [x_adv(z1); x_adv(z2)]: per image the draw with the higher CE is kept."""
   logits_fn = lambda v: v.reshape(v.shape[0], -1)  # logits = the image's 4 pixels

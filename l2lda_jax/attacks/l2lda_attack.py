@@ -124,6 +124,26 @@ class LearnedAttack:
     return jax.lax.stop_gradient(first_breaking_draw(x_advs, correct))
 
 
+def first_breaking_attack(attacks):
+  """One attack from several: per example, the output of the first attack that breaks it
+  (else the last one's). Attack r gets `key` folded with r, and attack 0 `key` itself, so
+  a single attack gives exactly what it gives alone. Restarts of a learned attack: one
+  1,000-step training of its generator is a draw from a wide spread (docs/reproduction,
+  "The learned attack's spread"), so an image counts as broken if any training breaks it."""
+  if len(attacks) == 1:
+    return attacks[0]
+
+  def attack(logits_fn, x, y, key):
+    x_adv = attacks[0](logits_fn, x, y, key)
+    for r, next_attack in enumerate(attacks[1:], start=1):
+      unbroken = jnp.argmax(logits_fn(x_adv), -1) == y
+      candidate = next_attack(logits_fn, x, y, jax.random.fold_in(key, r))
+      x_adv = jnp.where(unbroken[:, None, None, None], candidate, x_adv)
+    return x_adv
+
+  return attack
+
+
 def attack_config(run_config, kind: str, eps: float, unroll_steps: int):
   """The run's config for an l2lda / l2l attack at `eps`, with the attack of SPEC section 6
   whatever the training recipe was: T steps of eps/4 from delta_0 = 0 (a run trained with
