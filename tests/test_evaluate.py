@@ -230,6 +230,9 @@ def test_transfer_generators_are_trained_once_per_surrogate_and_read_back(plain_
   assert 'training a fresh generator' in trained and 'trained earlier' not in trained
   [saved] = os.listdir(tmp_path / 'a')
   assert saved.startswith('l2lda-') and saved.endswith('.msgpack')
+  mask = os.umask(0o022)
+  os.umask(mask)
+  assert os.stat(tmp_path / 'a' / saved).st_mode & 0o777 == 0o666 & ~mask  # like the reports
   second, read = run('a')
   assert 'using the generator trained earlier' in read and 'training a' not in read
   assert second == first

@@ -10,7 +10,6 @@ l2lda_jax.l2lda; this module only reuses its generator and objective.
 import dataclasses
 import functools
 import os
-import tempfile
 import time
 from typing import Optional
 
@@ -178,14 +177,14 @@ def load_generator_weights(gen: GeneratorState, raw: Optional[dict]):
 
 def save_generator_weights(gen: GeneratorState, path: str) -> None:
   """The trained generator's params and BN statistics as msgpack, written atomically (a
-  temporary file renamed into place), so a reader never sees half a file."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
+  temporary file renamed into place), so a reader never sees half a file. Opened with
+  open(), so the file gets the umask's mode like the reports (a tempfile's is 0600)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   data = serialization.msgpack_serialize(jax.device_get(
       {'params': gen.params, 'batch_stats': gen.batch_stats}))
-  with tempfile.NamedTemporaryFile(dir=folder, suffix='.tmp', delete=False) as f:
+  with open(path + '.tmp', 'wb') as f:
     f.write(data)
-  os.replace(f.name, path)
+  os.replace(path + '.tmp', path)
 
 
 def read_generator_weights(path: str) -> Optional[dict]:
