@@ -1,5 +1,6 @@
 """JSON reports and records on disk: read back leniently, replaced whole when written."""
 
+import contextlib
 import json
 import os
 from typing import Optional
@@ -19,7 +20,15 @@ def read_json_object(path: str) -> Optional[dict]:
 def write_json_atomic(data: dict, path: str) -> None:
   """Writes `data` to `path` through a temporary file and a rename, so that a kill during
   the write leaves the previous file, never half of a new one."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
+  with replaced_whole(path) as f:
     json.dump(data, f, indent=2)
+
+
+@contextlib.contextmanager
+def replaced_whole(path: str, mode: str = 'w'):
+  """A file to write `path` through: it is `path`.tmp, renamed onto `path` once written, so
+  a kill during the write leaves the previous file. open() gives it the umask's mode."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + '.tmp', mode) as f:
+    yield f
   os.replace(path + '.tmp', path)

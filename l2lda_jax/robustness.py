@@ -31,7 +31,7 @@ from l2lda_jax.attack_specs import (AUTOATTACK_KINDS, GRADIENT_KINDS, SCORE_KIND
                                     parse_attack, pgd_step_size)
 from l2lda_jax.attacks import autoattack, l2lda_attack
 from l2lda_jax.config_validation import reaches
-from l2lda_jax.json_files import write_json_atomic
+from l2lda_jax.json_files import replaced_whole, write_json_atomic
 from l2lda_jax.models import create_classifier
 
 
@@ -599,10 +599,8 @@ class AdversarialStore:
     self.arrays['broken_at'][broken] = stage_index
 
   def write(self) -> None:
-    tmp = self.path + '.tmp'
-    with open(tmp, 'wb') as f:
+    with replaced_whole(self.path, 'wb') as f:
       np.savez_compressed(f, **self.arrays)
-    os.replace(tmp, self.path)
 
 
 def autoattack_input_warnings(logits_fn, test: data_lib.Split, batch_size: int) -> list[str]:

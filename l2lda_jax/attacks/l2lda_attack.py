@@ -9,7 +9,6 @@ l2lda_jax.l2lda; this module only reuses its generator and objective.
 
 import dataclasses
 import functools
-import os
 import time
 from typing import Optional
 
@@ -21,6 +20,7 @@ from flax import serialization
 
 from l2lda_jax import l2lda
 from l2lda_jax.attacks import learned
+from l2lda_jax.json_files import replaced_whole
 from l2lda_jax.l2lda import (GameSettings, GeneratorState, draw_latents, generator_fn_for,
                              generator_objective)
 
@@ -177,14 +177,11 @@ def load_generator_weights(gen: GeneratorState, raw: Optional[dict]):
 
 def save_generator_weights(gen: GeneratorState, path: str) -> None:
   """The trained generator's params and BN statistics as msgpack, written atomically (a
-  temporary file renamed into place), so a reader never sees half a file. Opened with
-  open(), so the file gets the umask's mode like the reports (a tempfile's is 0600)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  temporary file renamed into place), so a reader never sees half a file."""
   data = serialization.msgpack_serialize(jax.device_get(
       {'params': gen.params, 'batch_stats': gen.batch_stats}))
-  with open(path + '.tmp', 'wb') as f:
+  with replaced_whole(path, 'wb') as f:
     f.write(data)
-  os.replace(path + '.tmp', path)
 
 
 def read_generator_weights(path: str) -> Optional[dict]:
