@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -208,11 +209,52 @@ def test_eps_zero_attacks_give_exactly_the_clean_accuracy(plain_run):
   assert all(r['max_linf'] == 0.0 for r in report['rows'])
 
 
-def test_transfer_from_the_target_itself_equals_the_white_box_attack(plain_run):
-  report = _evaluate(plain_run, 'pgd5,transfer', surrogates=[plain_run], transfer_attack='pgd5')
-  white_box, transfer = report['rows']
-  assert transfer['attack'].startswith('transfer pgd5 from ')
-  assert transfer['accuracy'] == white_box['accuracy']
+def test_transfer_sends_the_last_iterate_so_the_target_itself_gives_plain_pgd(plain_run):
+  """A transfer row sends PGD's last iterate, not the white-box rows' first fooling one
+  (robustness.transfer_batch_eval); from the target itself that is plain PGD, with the
+  white-box row's key."""
+  report = _evaluate(plain_run, 'pgd5,transfer', surrogates=[plain_run], transfer_attack='pgd5',
+                     eps=EPS)
+  assert report['rows'][1]['attack'].startswith('transfer pgd5 from ')
+  correct = [robustness.unpack_correct(report['per_example_correct'][row['attack']], 48)
+             for row in report['rows']]
+  white_box, transfer = correct
+  classifier = robustness.restore_classifier(plain_run, 'latest')
+  with learnable_mnist_mock():
+    test = data_lib.load_dataset(classifier.config.data).test.take(48)
+  spec = parse_attack('pgd5')
+  last_iterate = robustness.make_batch_eval(
+      classifier.apply_fn, robustness.gradient_attack(spec, EPS, best_iterate=False))
+  [expected, *_] = robustness.run_batched(last_iterate, classifier.variables, test, 16,
+                                          robustness.attack_key(jax.random.PRNGKey(0), spec),
+                                          'expected', False)
+  np.testing.assert_array_equal(transfer, expected)
+  assert not np.any(white_box & ~transfer)  # the best iterate breaks a superset
+
+
+def _mean_threshold_logits(threshold):
+  """Two classes: 0 while the image's mean pixel is above `threshold`, else 1."""
+  def apply(variables, x):
+    margin = jnp.mean(x, axis=(1, 2, 3)) - threshold
+    return jnp.stack([margin, -margin], -1)
+  return apply
+
+
+def test_transfer_sends_the_last_iterate_not_the_first_that_fools_the_surrogate():
+  """Images of mean 0.6, eps 0.3, PGD-5 of eps/4: the surrogate (class 0 above 0.5) is
+  fooled after two steps, at mean 0.45, which still leaves the target (class 0 above 0.4)
+  correct; the last iterate, at mean 0.3, fools both. Only the last iterate transfers."""
+  surrogate = robustness.Classifier(None, _mean_threshold_logits(0.5), {}, 0, None)
+  images = np.full((4, 28, 28, 1), 153, np.uint8)  # 0.6
+  y = jnp.zeros(4, jnp.int32)
+  key = jax.random.PRNGKey(0)
+  spec = parse_attack('pgd5')
+  white_box = robustness.gradient_attack(spec, 0.3)
+  for attack, target_correct in ((white_box, True),
+                                 (robustness.gradient_transfer_attack(spec, 0.3), False)):
+    run = robustness.transfer_batch_eval(_mean_threshold_logits(0.4), surrogate, attack)
+    correct, *_ = run({}, images, y, key)
+    assert np.all(np.asarray(correct) == target_correct), target_correct
 
 
 def test_transfer_generators_are_trained_once_per_surrogate_and_read_back(plain_run, tmp_path):
