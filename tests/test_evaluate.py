@@ -1,5 +1,6 @@
 """evaluate.py and l2lda_jax.robustness on tiny runs over mock data."""
 
+import functools
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from conftest import learnable_mnist_mock, make_tiny_mnist_config
 
 from l2lda_jax import data as data_lib
 from l2lda_jax import robustness, train
+from l2lda_jax.attacks import pgd
 from l2lda_jax.attack_specs import AttackNameError, AttackSpec, parse_attack, parse_attacks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -211,8 +213,8 @@ def test_eps_zero_attacks_give_exactly_the_clean_accuracy(plain_run):
 
 def test_transfer_sends_the_last_iterate_so_the_target_itself_gives_plain_pgd(plain_run):
   """A transfer row sends PGD's last iterate, not the white-box rows' first fooling one
-  (robustness.transfer_batch_eval); from the target itself that is plain PGD, with the
-  white-box row's key."""
+  (robustness.gradient_transfer_attack); from the target itself that is the attack
+  library's plain PGD-5 (eps/4 steps), with the white-box row's key."""
   report = _evaluate(plain_run, 'pgd5,transfer', surrogates=[plain_run], transfer_attack='pgd5',
                      eps=EPS)
   assert report['rows'][1]['attack'].startswith('transfer pgd5 from ')
@@ -223,8 +225,8 @@ def test_transfer_sends_the_last_iterate_so_the_target_itself_gives_plain_pgd(pl
   with learnable_mnist_mock():
     test = data_lib.load_dataset(classifier.config.data).test.take(48)
   spec = parse_attack('pgd5')
-  last_iterate = robustness.make_batch_eval(
-      classifier.apply_fn, robustness.gradient_attack(spec, EPS, best_iterate=False))
+  plain_pgd = functools.partial(pgd, eps=EPS, steps=5, step_size=EPS / 4)
+  last_iterate = robustness.make_batch_eval(classifier.apply_fn, plain_pgd)
   [expected, *_] = robustness.run_batched(last_iterate, classifier.variables, test, 16,
                                           robustness.attack_key(jax.random.PRNGKey(0), spec),
                                           'expected', False)
