@@ -30,9 +30,13 @@ def pgd_all_iterates(slog, steps, size, key):
     xa = G.project_linf(xa + size * jnp.sign(g(xa)), x, eps); its.append(xa)
   return jnp.stack(its)
 
-def pick(its, score):  # its [K,N,...], score [K,N]
-  idx = jnp.argmax(score, 0)
-  return jnp.take_along_axis(its, idx[None, :, None, None, None], 0)[0], idx
+def candidates(slog, points):
+  """points [K,N,...] on the surrogate -> (first fooling, highest loss, argmax index, fooled [K,N])."""
+  scores = jnp.stack([ce(slog(v)) for v in points])
+  fooled = jnp.stack([jnp.argmax(slog(v), -1) != y for v in points])
+  idx = jnp.argmax(scores, 0)
+  highest = jnp.take_along_axis(points, idx[None, :, None, None, None], 0)[0]
+  return l2lda_attack.first_breaking_draw(points, ~fooled), highest, idx, fooled
 
 key = jax.random.PRNGKey(0)
 opts = robustness.EvalOptions(workdir=R + 'plain-seed0', attacks=[attack_specs.parse_attack('transfer')],
@@ -43,19 +47,13 @@ for name in names:
   sur = robustness.restore_classifier(R + name)
   slog = jax.jit(functools.partial(sur.apply_fn, sur.variables))
   its = pgd_all_iterates(slog, 10, eps / 4, key)
-  scores = jnp.stack([ce(slog(v)) for v in its])
-  fooled = jnp.stack([jnp.argmax(slog(v), -1) != y for v in its])
-  first = l2lda_attack.first_breaking_draw(its, ~fooled)
-  best, idx = pick(its, scores)
+  first, best, idx, _ = candidates(slog, its)
   print(f'{name} PGD10: first-fooling {acc(tlog(first)):.2f}  max-loss {acc(tlog(best)):.2f} '
         f'(last iterate is the max-loss one for {float(jnp.mean(idx == 10))*100:.1f}%)  last {acc(tlog(its[-1])):.2f}')
   [learned] = robustness.train_learned_attacks('l2lda', sur, ds.train, opts, eps, jax.random.fold_in(tkey, 1), print,
                                                 cache_dir=opts.transfer_generator_cache)
   draws = l2lda_attack.generator_attack_examples(learned.gen, generator=learned.generator, settings=learned.settings,
       logits_fn=slog, x=x, labels=y, key=key, draws=learned.draws)
-  dscores = jnp.stack([ce(slog(v)) for v in draws])
-  dfooled = jnp.stack([jnp.argmax(slog(v), -1) != y for v in draws])
-  first = l2lda_attack.first_breaking_draw(draws, ~dfooled)
-  best, _ = pick(draws, dscores)
+  first, best, _, dfooled = candidates(slog, draws)
   print(f'{name} L2L-DA: surrogate acc (any draw) {100 - float(jnp.mean(jnp.any(dfooled, 0)))*100:.2f}; target acc first-fooling {acc(tlog(first)):.2f} '
         f'max-loss {acc(tlog(best)):.2f} draw0 {acc(tlog(draws[0])):.2f}; target broken by any draw: {100 - float(jnp.mean(jnp.any(jnp.stack([jnp.argmax(tlog(v), -1) != y for v in draws]), 0)))*100:.2f}')
