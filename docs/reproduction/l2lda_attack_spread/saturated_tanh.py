@@ -12,11 +12,11 @@ Table 3's cached transfer generators attacking their own surrogates (one z draw,
 
   PYTHONPATH=. python docs/reproduction/l2lda_attack_spread/saturated_tanh.py DIR
 """
-import functools, os, sys
+import os, sys
 import jax, jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stuck_at_the_edge import R, eps, key, n, names, options, trajectory  # noqa: E402
-from l2lda_jax import data as data_lib, robustness  # noqa: E402
+from stuck_at_the_edge import (cached_transfer_attack, names, surrogate_and_test_images,  # noqa: E402
+                               trajectory)
 from l2lda_jax.attacks import learned  # noqa: E402
 
 library_cell = learned.attack_cell
@@ -43,14 +43,8 @@ def print_rows(rows):
 
 if __name__ == '__main__':
   for name in names:
-    surrogate = robustness.restore_classifier(R + name)
-    dataset = data_lib.load_dataset(surrogate.config.data)
-    x = data_lib.to_float(jnp.asarray(dataset.test.images[:n]))
-    y = jnp.asarray(dataset.test.labels[:n])
-    logits_fn = jax.jit(functools.partial(surrogate.apply_fn, surrogate.variables))
-    [attack] = robustness.train_learned_attacks('l2lda', surrogate, dataset.train, options, eps,
-                                                jax.random.fold_in(key, 1), print,
-                                                cache_dir=options.transfer_generator_cache)
+    surrogate, dataset, logits_fn, x, y = surrogate_and_test_images(name)
+    attack = cached_transfer_attack(surrogate, dataset)
     learned.attack_cell = recording_cell
     with jax.disable_jit():  # eager, so `recorded` holds arrays, not tracers
       recorded.clear()

@@ -9,21 +9,16 @@ mean |tanh G|, with the cross-entropy after step 10 (one z draw, the first 1,000
 
   PYTHONPATH=. python docs/reproduction/l2lda_attack_spread/saturation_onset.py DIR
 """
-import functools, os, sys
+import os, sys
 import jax, jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from saturated_tanh import library_cell, recorded, recording_cell  # noqa: E402
-from stuck_at_the_edge import R, eps, key, n, trajectory  # noqa: E402
-from l2lda_jax import data as data_lib, robustness  # noqa: E402
+from stuck_at_the_edge import eps, key, surrogate_and_test_images, trajectory  # noqa: E402
 from l2lda_jax.attacks import l2lda_attack, learned  # noqa: E402
 from l2lda_jax.attacks.losses import cross_entropy  # noqa: E402
 
 if __name__ == '__main__':
-  surrogate = robustness.restore_classifier(R + 'surrogate_c_pgd10-seed100')
-  dataset = data_lib.load_dataset(surrogate.config.data)
-  x = data_lib.to_float(jnp.asarray(dataset.test.images[:n]))
-  y = jnp.asarray(dataset.test.labels[:n])
-  logits_fn = jax.jit(functools.partial(surrogate.apply_fn, surrogate.variables))
+  surrogate, dataset, logits_fn, x, y = surrogate_and_test_images('surrogate_c_pgd10-seed100')
   print('  training steps  attack step  |tanh G| mean  |tanh G| > 0.99  CE after step 10')
   for steps in (0, 10, 30, 100):
     attack = l2lda_attack.train_learned_attack(

@@ -56,6 +56,24 @@ def trajectory(attack, logits_fn, x, y):
   return x_advs
 
 
+def surrogate_and_test_images(name):
+  """(the restored surrogate, its dataset, its jitted logits, the first n test images and labels)."""
+  surrogate = robustness.restore_classifier(R + name)
+  dataset = data_lib.load_dataset(surrogate.config.data)
+  x = data_lib.to_float(jnp.asarray(dataset.test.images[:n]))
+  y = jnp.asarray(dataset.test.labels[:n])
+  logits_fn = jax.jit(functools.partial(surrogate.apply_fn, surrogate.variables))
+  return surrogate, dataset, logits_fn, x, y
+
+
+def cached_transfer_attack(surrogate, dataset):
+  """Table 3's L2L-DA transfer generator for `surrogate`, from the folder's cache."""
+  [attack] = robustness.train_learned_attacks('l2lda', surrogate, dataset.train, options, eps,
+                                              jax.random.fold_in(key, 1), print,
+                                              cache_dir=options.transfer_generator_cache)
+  return attack
+
+
 def print_steps(rows):
   print('  step   CE      moved (x eps/4)  at edge  moved along the gradient')
   for t, (ce, moved, edge, follows) in enumerate(rows, start=1):
@@ -64,14 +82,8 @@ def print_steps(rows):
 
 if __name__ == '__main__':
   for name in names:
-    surrogate = robustness.restore_classifier(R + name)
-    dataset = data_lib.load_dataset(surrogate.config.data)
-    x = data_lib.to_float(jnp.asarray(dataset.test.images[:n]))
-    y = jnp.asarray(dataset.test.labels[:n])
-    logits_fn = jax.jit(functools.partial(surrogate.apply_fn, surrogate.variables))
-    [attack] = robustness.train_learned_attacks('l2lda', surrogate, dataset.train, options, eps,
-                                                jax.random.fold_in(key, 1), print,
-                                                cache_dir=options.transfer_generator_cache)
+    surrogate, dataset, logits_fn, x, y = surrogate_and_test_images(name)
+    attack = cached_transfer_attack(surrogate, dataset)
     x_advs = trajectory(attack, logits_fn, x, y)
     rows = per_step(logits_fn, x, y, x_advs)
     print(f'{name}: L2L-DA, accuracy at step T {float(jnp.mean(jnp.argmax(logits_fn(x_advs[-1]), -1) == y)) * 100:.2f}')

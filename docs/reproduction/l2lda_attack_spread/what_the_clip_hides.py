@@ -17,11 +17,11 @@ draws on the first 1,000 test images and the per-step trajectory.
 
   PYTHONPATH=. python docs/reproduction/l2lda_attack_spread/what_the_clip_hides.py DIR [STEPS] [CELLS]
 """
-import functools, os, sys
+import os, sys
 import jax, jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stuck_at_the_edge import R, eps, key, n, per_step, print_steps, trajectory  # noqa: E402
-from l2lda_jax import data as data_lib, robustness  # noqa: E402
+from stuck_at_the_edge import (eps, key, per_step, print_steps, surrogate_and_test_images,  # noqa: E402
+                               trajectory)
 from l2lda_jax.attacks import l2lda_attack, learned  # noqa: E402
 
 library_cell = learned.attack_cell
@@ -59,11 +59,7 @@ cells = {'recipe': library_cell, 'straight_through': cell_with('straight_through
 if __name__ == '__main__':
   steps = int(sys.argv[2]) if len(sys.argv) > 2 else 300
   chosen = sys.argv[3].split(',') if len(sys.argv) > 3 else list(cells)
-  surrogate = robustness.restore_classifier(R + 'surrogate_c_pgd10-seed100')
-  dataset = data_lib.load_dataset(surrogate.config.data)
-  x = data_lib.to_float(jnp.asarray(dataset.test.images[:n]))
-  y = jnp.asarray(dataset.test.labels[:n])
-  logits_fn = jax.jit(functools.partial(surrogate.apply_fn, surrogate.variables))
+  surrogate, dataset, logits_fn, x, y = surrogate_and_test_images('surrogate_c_pgd10-seed100')
   for name in chosen:
     learned.attack_cell = cells[name]  # recursive_attack looks the cell up at trace time
     attack = l2lda_attack.train_learned_attack(
