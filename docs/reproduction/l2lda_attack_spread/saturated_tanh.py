@@ -12,26 +12,45 @@ Table 3's cached transfer generators attacking their own surrogates (one z draw,
 
   PYTHONPATH=. python docs/reproduction/l2lda_attack_spread/saturated_tanh.py DIR
 """
-import os, sys
+import contextlib, os, sys
 import jax, jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stuck_at_the_edge import (cached_transfer_attack, names, surrogate_and_test_images,  # noqa: E402
                                trajectory)
+from l2lda_jax import l2lda  # noqa: E402
 from l2lda_jax.attacks import learned  # noqa: E402
 
-library_cell = learned.attack_cell
-recorded = []
 
+@contextlib.contextmanager
+def recording():
+  """Within it, eagerly, the library's own attack cell runs unchanged; the two functions it
+  calls are wrapped so that each step's tanh(G) and input gradient land, at exit, as
+  (tanh_g, grad) pairs in the yielded list."""
+  input_gradient, generator_fn_for = learned.input_gradient, l2lda.generator_fn_for
+  gradients, outputs, rows = [], [], []
 
-def recording_cell(generator_fn, logits_fn, x, labels, z, delta, batch_stats, options):
-  """The library's cell, keeping each step's tanh(G) and input gradient on the side."""
-  x_adv = jnp.clip(x + delta, 0.0, 1.0)
-  grad = learned.input_gradient(logits_fn, x_adv, labels)
-  gn = learned.normalize_gradient(grad, options.normalize_grad)
-  parts = [x, gn, delta] if options.use_delta else [x, gn]
-  direction, _ = generator_fn(jnp.concatenate(parts, axis=-1), z, labels, batch_stats)
-  recorded.append((jnp.tanh(direction), grad))
-  return library_cell(generator_fn, logits_fn, x, labels, z, delta, batch_stats, options)
+  def recording_gradient(*args):
+    grad = input_gradient(*args)
+    gradients.append(grad)
+    return grad
+
+  def recording_generator_fn_for(*args, **kwargs):
+    generator_fn = generator_fn_for(*args, **kwargs)
+
+    def recording_generator_fn(*inputs):
+      direction, batch_stats = generator_fn(*inputs)
+      outputs.append(jnp.tanh(direction))
+      return direction, batch_stats
+
+    return recording_generator_fn
+
+  learned.input_gradient, l2lda.generator_fn_for = recording_gradient, recording_generator_fn_for
+  try:
+    with jax.disable_jit():  # eager, so the lists hold arrays, not tracers
+      yield rows
+  finally:
+    learned.input_gradient, l2lda.generator_fn_for = input_gradient, generator_fn_for
+    rows.extend(zip(outputs, gradients))
 
 
 def print_rows(rows):
@@ -45,11 +64,8 @@ if __name__ == '__main__':
   for name in names:
     surrogate, dataset, logits_fn, x, y = surrogate_and_test_images(name)
     attack = cached_transfer_attack(surrogate, dataset)
-    learned.attack_cell = recording_cell
-    with jax.disable_jit():  # eager, so `recorded` holds arrays, not tracers
-      recorded.clear()
+    with recording() as rows:
       trajectory(attack, logits_fn, x, y)
-    learned.attack_cell = library_cell
     print(f'{name}:')
-    print_rows(recorded)
+    print_rows(rows)
     sys.stdout.flush()

@@ -12,9 +12,9 @@ mean |tanh G|, with the cross-entropy after step 10 (one z draw, the first 1,000
 import os, sys
 import jax, jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from saturated_tanh import library_cell, recorded, recording_cell  # noqa: E402
+from saturated_tanh import recording  # noqa: E402
 from stuck_at_the_edge import eps, key, surrogate_and_test_images, trajectory  # noqa: E402
-from l2lda_jax.attacks import l2lda_attack, learned  # noqa: E402
+from l2lda_jax.attacks import l2lda_attack  # noqa: E402
 from l2lda_jax.attacks.losses import cross_entropy  # noqa: E402
 
 if __name__ == '__main__':
@@ -25,13 +25,10 @@ if __name__ == '__main__':
         'l2lda', surrogate.config, logits_fn, dataset.train.images, dataset.train.labels,
         own_generator=None, num_classes=10, eps=eps, unroll_steps=10, steps=steps,
         batch_size=100, draws=10, seed=0, key=jax.random.fold_in(key, 1), log=lambda _: None)
-    learned.attack_cell = recording_cell
-    with jax.disable_jit():  # eager, so `recorded` holds arrays, not tracers
-      recorded.clear()
+    with recording() as rows:
       x_advs = trajectory(attack, logits_fn, x, y)
-    learned.attack_cell = library_cell
     ce = float(jnp.mean(cross_entropy(logits_fn(x_advs[-1]), y)))
     for t in (1, 10):
-      tanh_g = recorded[t - 1][0]
+      tanh_g = rows[t - 1][0]
       print(f'  {steps:>14}  {t:>11}  {float(jnp.mean(jnp.abs(tanh_g))):13.3f}  '
             f'{float(jnp.mean(jnp.abs(tanh_g) > 0.99)):15.3f}  {ce:16.4f}', flush=True)

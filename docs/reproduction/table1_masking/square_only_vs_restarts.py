@@ -7,17 +7,12 @@ only Square breaks (every gradient stage of AutoAttack left them correct) and ho
 those NAME breaks. Few: the gradient attacks do not reach them from any start, the
 gradient is what fails (masking); most: more restarts would have found them.
 
-  python docs/reproduction/table1_masking/square_only_vs_restarts.py AUTOATTACK.json OTHER.json NAME
+  PYTHONPATH=. python docs/reproduction/table1_masking/square_only_vs_restarts.py AUTOATTACK.json OTHER.json NAME
 """
 import json
 import sys
 
-import numpy as np
-
-
-def correct_bits(packed: str, num_examples: int) -> np.ndarray:
-  """The reports' per-example correctness: one bit per example, hex (robustness.py)."""
-  return np.unpackbits(np.frombuffer(bytes.fromhex(packed), np.uint8))[:num_examples].astype(bool)
+from l2lda_jax.robustness import unpack_correct as correct_bits
 
 
 def main(autoattack_path: str, other_path: str, name: str) -> None:
