@@ -11,6 +11,10 @@ set -euo pipefail
 source_dir=${1:?usage: archive_reproduction.sh SOURCE_WORKDIR DESTINATION}
 destination=${2:?usage: archive_reproduction.sh SOURCE_WORKDIR DESTINATION}
 mkdir -p "$destination"
+# The best checkpoint is replaced when a later step wins on validation: drop the old copy.
+for run in "$source_dir"/runs/*/; do
+  [ -d "$run/best" ] && rm -rf "$destination/runs/$(basename "$run")/best"
+done
 tar -C "$source_dir" --exclude=./xla_cache --exclude='./runs/*/checkpoints' -cf - . |
   tar -C "$destination" -xf -
 for run in "$source_dir"/runs/*/; do
