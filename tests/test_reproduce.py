@@ -9,6 +9,8 @@ targets take many minutes even at smoke scale, most of it compilation.
 import json
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -221,6 +223,41 @@ def test_a_reproduction_folder_moved_elsewhere_keeps_its_finished_evaluations(tm
   # Written by another reproduction folder, the same command is another evaluation.
   assert reproduce.command_in_workdir(report, '/a/third/place') != job.command
   assert reproduce.command_in_workdir({'command': job.command}, old) == job.command
+
+
+def _make_run(workdir, name: str, best: int, checkpoints: tuple[int, ...]) -> None:
+  run = os.path.join(workdir, 'runs', name)
+  for folder, steps in (('best', (best,)), ('checkpoints', checkpoints)):
+    for step in steps:
+      os.makedirs(os.path.join(run, folder, str(step)))
+      with open(os.path.join(run, folder, str(step), 'state'), 'w') as f:
+        f.write(f'{folder} {step}')
+  with open(os.path.join(run, 'config.json'), 'w') as f:
+    f.write('{}')
+
+
+def _archive(source, destination) -> None:
+  script = os.path.join(os.path.dirname(__file__), '..', 'bench', 'archive_reproduction.sh')
+  subprocess.run(['bash', script, str(source), str(destination)], check=True)
+
+
+def test_archiving_again_mirrors_the_newest_and_best_checkpoints(tmp_path):
+  """bench/archive_reproduction.sh keeps per run the best and the newest checkpoint; a later
+  copy into the same folder replaces both when training moved on, not adds to them."""
+  source, archive = tmp_path / 'workdir', tmp_path / 'archive'
+  _make_run(source, 'l2lda-seed0', best=2000, checkpoints=(1000, 2000))
+  os.makedirs(source / 'xla_cache')
+  _archive(source, archive)
+  run = archive / 'runs' / 'l2lda-seed0'
+  assert sorted(os.listdir(run / 'best')) == ['2000']
+  assert sorted(os.listdir(run / 'checkpoints')) == ['2000']
+  assert not os.path.exists(archive / 'xla_cache')
+  shutil.rmtree(source / 'runs')  # training went on: orbax replaced both folders' steps
+  _make_run(source, 'l2lda-seed0', best=9000, checkpoints=(8000, 9000))
+  _archive(source, archive)
+  assert sorted(os.listdir(run / 'best')) == ['9000']
+  assert sorted(os.listdir(run / 'checkpoints')) == ['9000']
+  assert (run / 'best' / '9000' / 'state').read_text() == 'best 9000'
 
 
 @pytest.mark.parametrize('name', ['table2', 'table3'])
